@@ -1,0 +1,222 @@
+"""Dimension-agnostic layer factories keyed by ``spatial_dims`` in {2, 3}.
+
+One code path builds 2D and 3D networks: every block asks these factories for its
+convolutions, normalisations, activations, pools, dropouts and up-samplers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from medseg.errors import MedsegError
+
+SUPPORTED_DIMS = (2, 3)
+NORMS = ("batch", "group", "instance", "layer", "none")
+ACTIVATIONS = ("relu", "leaky_relu", "prelu", "gelu", "elu", "none")
+Padding = int | Literal["same", "valid"]
+
+
+def check_spatial_dims(spatial_dims: int) -> int:
+    """Return ``spatial_dims`` if it is 2 or 3, else raise a clear error."""
+    if spatial_dims not in SUPPORTED_DIMS:
+        raise MedsegError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    return spatial_dims
+
+
+def _pick(spatial_dims: int, two: type, three: type) -> type:
+    return two if check_spatial_dims(spatial_dims) == 2 else three
+
+
+def same_padding(kernel_size: int, dilation: int = 1) -> int:
+    """Padding that keeps the size of an odd kernel at stride 1."""
+    if kernel_size % 2 == 0:
+        raise MedsegError(f"'same' padding needs an odd kernel size, got {kernel_size}")
+    return (kernel_size - 1) // 2 * dilation
+
+
+def _resolve_padding(padding: Padding, kernel_size: int, dilation: int) -> int:
+    if padding == "same":
+        return same_padding(kernel_size, dilation)
+    if padding == "valid":
+        return 0
+    return int(padding)
+
+
+class WeightStandardizedConv(nn.Module):
+    """Convolution with weight standardisation (Qiao et al. 2019, Eq. 5).
+
+    Each output filter is normalised to zero mean and unit variance over its fan-in before
+    the convolution; used with group norm for small-batch training (as in BiT / ResNet-GN-WS).
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 stride: int = 1, padding: int = 0, dilation: int = 1, groups: int = 1,
+                 bias: bool = True, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.conv = _pick(spatial_dims, nn.Conv2d, nn.Conv3d)(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.conv.weight
+        dims = list(range(1, w.dim()))
+        mean = w.mean(dim=dims, keepdim=True)
+        var = w.var(dim=dims, keepdim=True, unbiased=False)
+        w = (w - mean) / torch.sqrt(var + self.eps)
+        return self.conv._conv_forward(x, w, self.conv.bias)
+
+
+def conv(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+         padding: Padding = "same", dilation: int = 1, groups: int = 1, bias: bool = True,
+         weight_standardized: bool = False) -> nn.Module:
+    """A 2D/3D convolution; ``padding`` is an int, ``"same"`` (odd kernels) or ``"valid"``."""
+    pad = _resolve_padding(padding, kernel_size, dilation)
+    if weight_standardized:
+        return WeightStandardizedConv(spatial_dims, in_channels, out_channels, kernel_size, stride, pad,
+                                      dilation, groups, bias)
+    cls = _pick(spatial_dims, nn.Conv2d, nn.Conv3d)
+    return cls(in_channels, out_channels, kernel_size, stride=stride, padding=pad, dilation=dilation,
+               groups=groups, bias=bias)
+
+
+def conv_transpose(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int = 2,
+                   stride: int = 2, padding: int = 0, output_padding: int = 0,
+                   bias: bool = True) -> nn.Module:
+    """A 2D/3D transposed convolution (default: the U-Net 2x2 up-convolution)."""
+    cls = _pick(spatial_dims, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    return cls(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+               output_padding=output_padding, bias=bias)
+
+
+class ChannelLayerNorm(nn.Module):
+    """Layer norm over the channel axis at every position of a channels-first tensor."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean = x.mean(dim=1, keepdim=True)
+        var = (x - mean).pow(2).mean(dim=1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + self.eps)
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        return x * self.weight.view(shape) + self.bias.view(shape)
+
+
+def group_count(channels: int, requested: int) -> int:
+    """The largest number of groups <= ``requested`` that divides ``channels``."""
+    return math.gcd(channels, requested) if requested > 0 else 1
+
+
+def norm(kind: str | None, spatial_dims: int, channels: int, num_groups: int = 8,
+         affine: bool = True) -> nn.Module:
+    """A normalisation layer: ``batch``, ``group``, ``instance``, ``layer`` (channel-wise) or ``none``."""
+    check_spatial_dims(spatial_dims)
+    kind = (kind or "none").lower()
+    if kind == "batch":
+        return _pick(spatial_dims, nn.BatchNorm2d, nn.BatchNorm3d)(channels, affine=affine)
+    if kind == "instance":
+        return _pick(spatial_dims, nn.InstanceNorm2d, nn.InstanceNorm3d)(channels, affine=affine)
+    if kind == "group":
+        return nn.GroupNorm(group_count(channels, num_groups), channels, affine=affine)
+    if kind == "layer":
+        return ChannelLayerNorm(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise MedsegError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
+
+
+def activation(kind: str | None, channels: int = 1, inplace: bool = True,
+               negative_slope: float = 0.01) -> nn.Module:
+    """An activation: ``relu``, ``leaky_relu``, ``prelu`` (one slope per channel), ``gelu``, ``elu``, ``none``."""
+    kind = (kind or "none").lower()
+    if kind == "relu":
+        return nn.ReLU(inplace=inplace)
+    if kind == "leaky_relu":
+        return nn.LeakyReLU(negative_slope, inplace=inplace)
+    if kind == "prelu":
+        return nn.PReLU(channels)
+    if kind == "gelu":
+        return nn.GELU()
+    if kind == "elu":
+        return nn.ELU(inplace=inplace)
+    if kind == "none":
+        return nn.Identity()
+    raise MedsegError(f"unknown activation {kind!r}; choose one of {', '.join(ACTIVATIONS)}")
+
+
+def max_pool(spatial_dims: int, kernel_size: int = 2, stride: int | None = None, padding: int = 0,
+             return_indices: bool = False) -> nn.Module:
+    """2D/3D max pooling (default: the 2x2 down-sampling of U-Net)."""
+    cls = _pick(spatial_dims, nn.MaxPool2d, nn.MaxPool3d)
+    return cls(kernel_size, stride=stride, padding=padding, return_indices=return_indices)
+
+
+def avg_pool(spatial_dims: int, kernel_size: int = 2, stride: int | None = None, padding: int = 0,
+             count_include_pad: bool = True) -> nn.Module:
+    """2D/3D average pooling."""
+    cls = _pick(spatial_dims, nn.AvgPool2d, nn.AvgPool3d)
+    return cls(kernel_size, stride=stride, padding=padding, count_include_pad=count_include_pad)
+
+
+def adaptive_avg_pool(spatial_dims: int, output_size: int = 1) -> nn.Module:
+    """2D/3D adaptive average pooling (global pooling by default)."""
+    return _pick(spatial_dims, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)(output_size)
+
+
+def adaptive_max_pool(spatial_dims: int, output_size: int = 1) -> nn.Module:
+    """2D/3D adaptive max pooling (global pooling by default)."""
+    return _pick(spatial_dims, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)(output_size)
+
+
+def dropout(spatial_dims: int, p: float, channelwise: bool = True) -> nn.Module:
+    """Dropout: whole channels (Dropout2d/3d) when ``channelwise``, else element-wise; identity at p=0."""
+    if p <= 0:
+        return nn.Identity()
+    if channelwise:
+        return _pick(spatial_dims, nn.Dropout2d, nn.Dropout3d)(p)
+    check_spatial_dims(spatial_dims)
+    return nn.Dropout(p)
+
+
+def interpolation_mode(spatial_dims: int, mode: str = "linear") -> str:
+    """Map ``linear``/``cubic`` to the torch mode of the dimension (bilinear/trilinear, bicubic)."""
+    check_spatial_dims(spatial_dims)
+    if mode == "linear":
+        return "bilinear" if spatial_dims == 2 else "trilinear"
+    if mode == "cubic":
+        if spatial_dims == 3:
+            raise MedsegError("cubic interpolation exists only in 2D; use 'linear' in 3D")
+        return "bicubic"
+    if mode in ("nearest", "nearest-exact", "area"):
+        return mode
+    raise MedsegError(f"unknown interpolation mode {mode!r}; choose linear, cubic, nearest or area")
+
+
+def upsample(spatial_dims: int, scale_factor: float = 2, mode: str = "linear",
+             align_corners: bool | None = None) -> nn.Module:
+    """An up-sampling layer; ``linear`` means bilinear in 2D and trilinear in 3D."""
+    torch_mode = interpolation_mode(spatial_dims, mode)
+    if torch_mode in ("nearest", "nearest-exact", "area"):
+        align_corners = None
+    elif align_corners is None:
+        align_corners = False
+    return nn.Upsample(scale_factor=scale_factor, mode=torch_mode, align_corners=align_corners)
+
+
+def resize_to(x: Tensor, size: list[int] | tuple[int, ...], mode: str = "linear",
+              align_corners: bool = False) -> Tensor:
+    """Resize a ``[B, C, *spatial]`` tensor to ``size`` (bilinear/trilinear for ``linear``)."""
+    if list(x.shape[2:]) == list(size):
+        return x
+    torch_mode = interpolation_mode(x.dim() - 2, mode)
+    if torch_mode in ("nearest", "nearest-exact", "area"):
+        return F.interpolate(x, size=list(size), mode=torch_mode)
+    return F.interpolate(x, size=list(size), mode=torch_mode, align_corners=align_corners)
