@@ -135,7 +135,7 @@ def norm(kind: str | None, spatial_dims: int, channels: int, num_groups: int = 8
 
 def activation(kind: str | None, channels: int = 1, inplace: bool = True,
                negative_slope: float = 0.01) -> nn.Module:
-    """An activation: ``relu``, ``leaky_relu``, ``prelu`` (one slope per channel), ``gelu``, ``elu``, ``none``."""
+    """An activation: relu, leaky_relu, prelu (a slope per channel), gelu, elu or none."""
     kind = (kind or "none").lower()
     if kind == "relu":
         return nn.ReLU(inplace=inplace)

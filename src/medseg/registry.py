@@ -41,6 +41,8 @@ class ModelEntry:
     references: tuple[Reference, ...] = ()
     aliases: tuple[str, ...] = ()
     defaults: dict[str, Any] = field(default_factory=dict)
+    small_options: dict[str, Any] = field(default_factory=dict)
+    exportable: bool = True
 
 
 _MODELS: dict[str, ModelEntry] = {}
@@ -49,12 +51,14 @@ _ALIASES: dict[str, str] = {}
 
 def register_model(name: str, *, paper: str, dims: Sequence[int], default_loss: str, input_multiple: int,
                    references: Sequence[Reference] = (), aliases: Sequence[str] = (),
-                   defaults: dict[str, Any] | None = None) -> Callable[[Callable[..., nn.Module]],
-                                                                      Callable[..., nn.Module]]:
+                   defaults: dict[str, Any] | None = None, small_options: dict[str, Any] | None = None,
+                   exportable: bool = True) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Class or function decorator that registers a model builder under ``name``.
 
     The builder is called as ``builder(in_channels=..., num_classes=..., spatial_dims=..., **options)``.
-    ``defaults`` are option values used when the caller gives none (e.g. an alias's ``spatial_dims``).
+    ``defaults`` are option values used when the caller gives none. ``small_options`` build a small
+    instance of the same topology (narrow widths) for the shared model test and quick demos.
+    ``exportable`` says whether the eval-mode model can be exported (TorchScript or ``torch.export``).
     """
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -62,7 +66,8 @@ def register_model(name: str, *, paper: str, dims: Sequence[int], default_loss: 
             if key in _MODELS or key in _ALIASES:
                 raise ValueError(f"model name {key!r} is registered twice")
         _MODELS[name] = ModelEntry(name, builder, paper, tuple(dims), default_loss, input_multiple,
-                                   tuple(references), tuple(aliases), dict(defaults or {}))
+                                   tuple(references), tuple(aliases), dict(defaults or {}),
+                                   dict(small_options or {}), exportable)
         for alias in aliases:
             _ALIASES[alias] = name
         return builder
@@ -138,6 +143,8 @@ def model_info(name: str) -> dict[str, Any]:
         "input_multiple": entry.input_multiple,
         "aliases": list(entry.aliases),
         "references": [r.as_dict() for r in entry.references],
+        "small_options": dict(entry.small_options),
+        "exportable": entry.exportable,
     }
 
 
