@@ -23,8 +23,8 @@ Padding = int | Literal["same", "valid"]
 
 def check_spatial_dims(spatial_dims: int) -> int:
     """Return ``spatial_dims`` if it is 2 or 3, else raise a clear error."""
-    if spatial_dims not in SUPPORTED_DIMS:
-        raise MedsegError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    if spatial_dims != 2 and spatial_dims != 3:
+        raise MedsegError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
     return spatial_dims
 
 
@@ -197,7 +197,7 @@ def interpolation_mode(spatial_dims: int, mode: str = "linear") -> str:
         return "bicubic"
     if mode in ("nearest", "nearest-exact", "area"):
         return mode
-    raise MedsegError(f"unknown interpolation mode {mode!r}; choose linear, cubic, nearest or area")
+    raise MedsegError(f"unknown interpolation mode '{mode}'; choose linear, cubic, nearest or area")
 
 
 def upsample(spatial_dims: int, scale_factor: float = 2, mode: str = "linear",
@@ -211,10 +211,13 @@ def upsample(spatial_dims: int, scale_factor: float = 2, mode: str = "linear",
     return nn.Upsample(scale_factor=scale_factor, mode=torch_mode, align_corners=align_corners)
 
 
-def resize_to(x: Tensor, size: list[int] | tuple[int, ...], mode: str = "linear",
-              align_corners: bool = False) -> Tensor:
-    """Resize a ``[B, C, *spatial]`` tensor to ``size`` (bilinear/trilinear for ``linear``)."""
-    if list(x.shape[2:]) == list(size):
+def resize_to(x: Tensor, size: list[int], mode: str = "linear", align_corners: bool = False) -> Tensor:
+    """Resize a ``[B, C, *spatial]`` tensor to ``size`` (bilinear/trilinear for ``linear``).
+
+    ``size`` may be a list or a ``torch.Size``; the annotation is ``list[int]`` for TorchScript.
+    """
+    size = [int(s) for s in size]
+    if list(x.shape[2:]) == size:
         return x
     torch_mode = interpolation_mode(x.dim() - 2, mode)
     if torch_mode in ("nearest", "nearest-exact", "area"):
