@@ -17,6 +17,8 @@ class SegmentationModel(nn.Module):
     """
 
     input_multiple: int = 1
+    # TorchScript cannot resolve class-level annotations under postponed evaluation; it needs none of these.
+    __jit_ignored_attributes__ = ["input_multiple"]
 
     def valid_size(self, size: int) -> bool:
         """Whether one spatial extent can be processed."""
