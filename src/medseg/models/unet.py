@@ -1,1 +1,292 @@
-"""(being written)"""
+"""U-Net (Ronneberger et al. 2015) and 3D U-Net (Çiçek et al. 2016).
+
+Fig. 1 of the U-Net paper: a contracting path (two 3x3 convs per level, 2x2 max-pooling, channels
+doubled per level) and an expansive path (2x2 up-convolution halving the channels, "copy and crop" of
+the contracting feature, two 3x3 convs), then a 1x1 conv to the class logits. The 3D U-Net is the same
+network with ``spatial_dims=3`` (the paper uses three down-samplings: ``depth=3``).
+
+The pieces are public so that other networks can reuse them: :class:`UNetEncoder` (multi-level
+features, coarsest last), :class:`UpConvolution`, :class:`ConcatSkip` (the skip combination, which a
+``skip_factory`` can replace) and :class:`UNetDecoder`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from medseg import layers
+from medseg.blocks.conv import DoubleConv
+from medseg.blocks.heads import DeepSupervisionHeads, SegmentationHead
+from medseg.errors import InputSizeError, MedsegError
+from medseg.models.base import SegmentationModel
+from medseg.outputs import SegOutput
+from medseg.registry import Reference, register_model
+
+PADDINGS = ("same", "valid")
+UPSAMPLINGS = ("transpose", "interpolate")
+
+SkipFactory = Callable[[int, int, int], nn.Module]
+"""``factory(level, up_channels, skip_channels)`` -> a module ``fuse(up, skip)`` with ``out_channels``."""
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise an error naming the option."""
+    if value not in choices:
+        raise MedsegError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def level_widths(features: int, depth: int) -> list[int]:
+    """Widths of the ``depth + 1`` levels: ``features`` doubled per down-sampling (64-1024 in Fig. 1)."""
+    if features < 1 or depth < 1:
+        raise MedsegError(f"features and depth must be >= 1, got {features} and {depth}")
+    return [features * 2**level for level in range(depth + 1)]
+
+
+def center_crop(x: Tensor, size: list[int]) -> Tensor:
+    """The centre of ``x`` at spatial ``size`` (the "copy and crop" of Fig. 1; a no-op at equal sizes)."""
+    for d in range(len(size)):
+        start = (x.shape[d + 2] - size[d]) // 2
+        x = x.narrow(d + 2, start, size[d])
+    return x
+
+
+class UpConvolution(nn.Sequential):
+    """2x up-sampling to ``out_channels``: the 2x2 up-convolution of Fig. 1 (``transpose``) or
+    bilinear/trilinear interpolation followed by a 1x1 conv (``interpolate``)."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int,
+                 mode: str = "transpose") -> None:
+        check_choice("upsample", mode, UPSAMPLINGS)
+        if mode == "transpose":
+            super().__init__(layers.conv_transpose(spatial_dims, in_channels, out_channels, 2, 2))
+        else:
+            super().__init__(layers.upsample(spatial_dims, 2, "linear"),
+                             layers.conv(spatial_dims, in_channels, out_channels, 1))
+
+
+class ConcatSkip(nn.Module):
+    """U-Net's skip combination: crop the encoder feature to the up-sampled one, concatenate
+    ``[skip, up]``."""
+
+    def __init__(self, up_channels: int, skip_channels: int) -> None:
+        super().__init__()
+        self.out_channels = up_channels + skip_channels
+
+    def forward(self, up: Tensor, skip: Tensor) -> Tensor:
+        return torch.cat([center_crop(skip, list(up.shape[2:])), up], dim=1)
+
+
+def concat_skip(level: int, up_channels: int, skip_channels: int) -> nn.Module:
+    """The default :data:`SkipFactory`: a :class:`ConcatSkip` at every level."""
+    return ConcatSkip(up_channels, skip_channels)
+
+
+class UNetEncoder(nn.Module):
+    """The contracting path (Fig. 1): level 0 is two 3x3 convs, each further level a 2x2 max-pool then
+    two 3x3 convs with the channels doubled. ``forward`` returns every level's feature, coarsest last.
+
+    ``levels[i]`` computes level ``i`` from level ``i - 1`` (from the image for ``i = 0``), so a network
+    can also run the levels one at a time (UNet++ does). ``dropout`` follows the deepest level (the paper's
+    "drop-out layers at the end of the contracting path").
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, features: int = 64, depth: int = 4,
+                 padding: str = "same", norm: str | None = "batch", act: str | None = "relu",
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        check_choice("padding", padding, PADDINGS)
+        widths = level_widths(features, depth)
+        self.channels = widths
+        self.reductions = [2**level for level in range(depth + 1)]
+        self.levels = nn.ModuleList()
+        for level, width in enumerate(widths):
+            conv = DoubleConv(spatial_dims, in_channels if level == 0 else widths[level - 1], width,
+                              padding=padding, norm=norm, act=act, dropout=dropout if level == depth else 0.0)
+            self.levels.append(conv if level == 0 else nn.Sequential(layers.max_pool(spatial_dims, 2), conv))
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        features: list[Tensor] = []
+        for level in self.levels:
+            x = level(x)
+            features.append(x)
+        return features
+
+
+class UNetDecoderLevel(nn.Module):
+    """One expansive-path step (Fig. 1): up-convolution, skip combination, two 3x3 convs."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, out_channels: int,
+                 fuse: nn.Module, padding: str = "same", norm: str | None = "batch", act: str | None = "relu",
+                 upsample: str = "transpose") -> None:
+        super().__init__()
+        self.up = UpConvolution(spatial_dims, in_channels, out_channels, upsample)
+        self.fuse = fuse
+        self.conv = DoubleConv(spatial_dims, int(fuse.out_channels), out_channels, padding=padding, norm=norm,
+                               act=act)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        return self.conv(self.fuse(self.up(x), skip))
+
+
+class UNetDecoder(nn.Module):
+    """The expansive path over encoder features ``[finest, ..., coarsest]`` with widths ``channels``.
+
+    Level ``i`` up-samples the output of level ``i + 1`` (the bottleneck feature for the deepest level)
+    to ``channels[i]`` channels and combines it with encoder feature ``i`` through
+    ``skip_factory(i, channels[i], channels[i])`` (default :class:`ConcatSkip`). ``forward`` returns the
+    decoder outputs finest first (``len(channels) - 1`` maps).
+    """
+
+    def __init__(self, spatial_dims: int, channels: Sequence[int], padding: str = "same",
+                 norm: str | None = "batch", act: str | None = "relu", upsample: str = "transpose",
+                 skip_factory: SkipFactory | None = None) -> None:
+        super().__init__()
+        factory = skip_factory or concat_skip
+        self.channels = list(channels[:-1])
+        self.levels = nn.ModuleList(
+            UNetDecoderLevel(spatial_dims, channels[i + 1], channels[i], channels[i],
+                             factory(i, channels[i], channels[i]), padding, norm, act, upsample)
+            for i in reversed(range(len(channels) - 1)))
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        x = features[-1]
+        outputs: list[Tensor] = []
+        for i, level in enumerate(self.levels):
+            x = level(x, features[-2 - i])
+            outputs.insert(0, x)
+        return outputs
+
+
+class UNet(SegmentationModel):
+    """U-Net (Ronneberger et al. 2015, Fig. 1), 2D or 3D (Çiçek et al. 2016).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: image channels.
+        num_classes: output channels.
+        depth: number of down-samplings (4 in the paper, 3 in the 3D U-Net); inputs must be multiples
+            of ``2 ** depth`` with ``same`` padding.
+        features: width of the first level, doubled per level (64 gives 64-1024 as in Fig. 1).
+        padding: ``same`` (output at the input size) or ``valid`` (the paper's unpadded convs with centre
+            cropping of the skips; the output is the smaller central map of :meth:`output_size`, e.g.
+            572 -> 388, and only the sizes of :meth:`valid_size` work).
+        norm: normalisation after every conv (``batch`` default; ``none`` is the paper's network).
+        act: activation after every conv.
+        upsample: ``transpose`` (2x2 up-convolution) or ``interpolate`` (bilinear/trilinear + 1x1 conv).
+        dropout: channel dropout after the deepest level (the end of the contracting path).
+        deep_supervision: add 1x1 heads on the decoder levels below the finest; in train mode the forward
+            returns ``SegOutput(logits, aux)`` with those maps resized to the logits' size, finest first.
+        skip_factory: replaces the skip combination (see :data:`SkipFactory`), default concatenation.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, num_classes: int, depth: int = 4,
+                 features: int = 64, padding: str = "same", norm: str | None = "batch",
+                 act: str | None = "relu", upsample: str = "transpose", dropout: float = 0.0,
+                 deep_supervision: bool = False, skip_factory: SkipFactory | None = None) -> None:
+        super().__init__()
+        if deep_supervision and depth < 2:
+            raise MedsegError("deep_supervision needs depth >= 2 (a decoder level below the finest)")
+        self.spatial_dims = layers.check_spatial_dims(spatial_dims)
+        self.depth = depth
+        self.padding = check_choice("padding", padding, PADDINGS)
+        self.input_multiple = 2**depth
+        self.encoder = UNetEncoder(spatial_dims, in_channels, features, depth, padding, norm, act, dropout)
+        self.decoder = UNetDecoder(spatial_dims, self.encoder.channels, padding, norm, act, upsample,
+                                   skip_factory)
+        self.head = SegmentationHead(spatial_dims, features, num_classes)
+        self.aux_heads = (DeepSupervisionHeads(spatial_dims, self.decoder.channels[1:], num_classes)
+                          if deep_supervision else None)
+
+    def forward(self, x: Tensor) -> Tensor | SegOutput:
+        self.check_input(x)
+        decoded = self.decoder(self.encoder(x))
+        logits = self.head(decoded[0])
+        if self.training and self.aux_heads is not None:
+            return SegOutput(logits, aux=self.aux_heads(decoded[1:], output_size=logits.shape[2:]))
+        return logits
+
+    # --- sizes: a multiple of 2 ** depth with same padding; the paper's rule with valid padding ---
+
+    def _output_extent(self, size: int) -> int | None:
+        """Output extent of one input extent, or None when the network cannot process it."""
+        shrink = 4 if self.padding == "valid" else 0  # two unpadded 3x3 convs per level
+        for _ in range(self.depth):
+            size -= shrink
+            if size < 2 or size % 2:
+                return None
+            size //= 2
+        size -= shrink
+        for _ in range(self.depth):
+            if size < 1:
+                return None
+            size = 2 * size - shrink
+        return size if size >= 1 else None
+
+    def output_size(self, input_size: Sequence[int]) -> tuple[int, ...]:
+        """Spatial output size for ``input_size`` (equal with ``same`` padding; 572 -> 388 with ``valid``)."""
+        sizes = [self._output_extent(int(s)) for s in input_size]
+        if any(s is None for s in sizes):
+            bad = next(int(s) for s, o in zip(input_size, sizes, strict=True) if o is None)
+            lower, upper = self.nearest_valid_sizes(bad)
+            raise InputSizeError(
+                f"{type(self).__name__}: input size {tuple(input_size)} does not work; each spatial size "
+                f"must be {self.size_rule()} (nearest for {bad}: {lower} or {upper})")
+        return tuple(int(s) for s in sizes if s is not None)
+
+    def valid_size(self, size: int) -> bool:
+        return self._output_extent(size) is not None
+
+    def smallest_valid_size(self) -> int:
+        """The smallest input extent the network processes."""
+        size = 1
+        while not self.valid_size(size):
+            size += 1
+        return size
+
+    def nearest_valid_sizes(self, size: int) -> tuple[int, int]:
+        smallest = self.smallest_valid_size()
+        step = self.input_multiple
+        if size <= smallest:
+            return smallest, smallest
+        lower = smallest + (size - smallest) // step * step
+        upper = lower if lower == size else lower + step
+        return lower, upper
+
+    def size_rule(self) -> str:
+        if self.padding == "same":
+            return super().size_rule()
+        smallest = self.smallest_valid_size()
+        return f"{smallest} + k * {self.input_multiple} (valid padding, depth {self.depth})"
+
+
+PAPER = ("Ronneberger et al. 2015, U-Net: Convolutional Networks for Biomedical Image Segmentation (MICCAI); "
+         "3D: Çiçek et al. 2016, 3D U-Net (MICCAI)")
+
+
+@register_model(
+    "unet",
+    paper=PAPER,
+    dims=(2, 3),
+    default_loss="dice_ce",
+    input_multiple=16,
+    references=[
+        Reference(options={"in_channels": 1, "num_classes": 2, "spatial_dims": 2, "padding": "valid",
+                           "norm": "none"},
+                  params=31_030_658, source="Ronneberger 2015 Fig. 1 (unpadded convs, no normalisation)"),
+        Reference(options={"in_channels": 3, "num_classes": 1, "spatial_dims": 2, "padding": "same",
+                           "norm": "none"},
+                  params=31_031_745, source="classic-zoo spec: same padding, no normalisation"),
+        Reference(options={"in_channels": 1, "num_classes": 1, "spatial_dims": 2, "features": 32,
+                           "norm": "none"},
+                  params=7_759_521, source="MrGiovanni/UNetPlusPlus keras/helper_functions.py U_Net"),
+    ],
+    small_options={"features": 4},
+    aliases=("unet3d",),
+)
+def build_unet(*, in_channels: int, num_classes: int, spatial_dims: int, **options) -> UNet:
+    """Build :class:`UNet` (see its docstring for the options)."""
+    return UNet(spatial_dims, in_channels, num_classes, **options)
