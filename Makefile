@@ -19,10 +19,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/medseg models
-	$(BIN)/medseg benchmark unet unetpp attention_unet r2unet vnet --size 96 --dims 2 3 --out benchmarks/results/demo-cpu.md
+	$(BIN)/medseg benchmark unet unetpp attention_unet r2unet vnet --peer monai:basicunet \
+		--dims 2 3 --size 128 --size-3d 32
 
 test: $(STAMP)
-	$(BIN)/pytest -q -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -75,6 +75,14 @@ def register_model(name: str, *, paper: str, dims: Sequence[int], default_loss: 
     return decorate
 
 
+def unregister_model(name: str) -> None:
+    """Remove a model and its aliases from the registry (tests, plug-ins); unknown names are ignored."""
+    entry = _MODELS.pop(name, None)
+    if entry is not None:
+        for alias in entry.aliases:
+            _ALIASES.pop(alias, None)
+
+
 def _ensure_models_imported() -> None:
     import medseg.models  # noqa: F401  (registers the zoo)
 

@@ -8,6 +8,13 @@ from torch import Tensor, nn
 from medseg.errors import InputSizeError
 
 
+def nearest_multiples(size: int, multiple: int) -> tuple[int, int]:
+    """The multiples of ``multiple`` (at least ``multiple``) nearest to ``size`` from below and above."""
+    lower = max(multiple, size // multiple * multiple)
+    upper = max(multiple, -(-size // multiple) * multiple)
+    return lower, upper
+
+
 class SegmentationModel(nn.Module):
     """A segmentation network whose spatial input sizes must be multiples of ``input_multiple``.
 
@@ -26,10 +33,7 @@ class SegmentationModel(nn.Module):
 
     def nearest_valid_sizes(self, size: int) -> tuple[int, int]:
         """The nearest processable sizes below and above ``size``."""
-        m = self.input_multiple
-        lower = max(m, size // m * m)
-        upper = -(-size // m) * m
-        return lower, max(upper, m)
+        return nearest_multiples(size, self.input_multiple)
 
     def check_input(self, x: Tensor) -> None:
         """Raise :class:`InputSizeError` naming the sizes that work when ``x`` cannot be processed."""

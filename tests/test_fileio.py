@@ -1,0 +1,27 @@
+"""Atomic writes leave either the old file or the complete new one, never a partial file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medseg.fileio import atomic_path, write_bytes_atomically, write_text_atomically
+
+
+def test_write_text_creates_folders_and_replaces(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b.md"
+    write_text_atomically(target, "one")
+    write_text_atomically(target, "two")
+    assert target.read_text() == "two"
+    assert [p.name for p in target.parent.iterdir()] == ["b.md"]
+
+
+def test_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "c.bin"
+    write_bytes_atomically(target, b"old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("crash while writing")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.bin"]
