@@ -5,14 +5,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import random_input as _input
 from medseg import layers
 from medseg.errors import MedsegError
 
 DIMS = [2, 3]
 
 
-def _input(spatial_dims: int, channels: int = 4, size: int = 8) -> torch.Tensor:
-    return torch.randn(2, channels, *([size] * spatial_dims))
 
 
 @pytest.mark.parametrize(("spatial_dims", "conv", "transposed", "maxp", "avgp", "amax", "aavg", "drop"), [

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
-from helpers import assert_grads_finite
+from helpers import assert_grads_finite, random_input
 from medseg.blocks.attention import CBAM, ChannelAttention, NonLocalBlock, SpatialAttention, SqueezeExcitation
 from medseg.errors import MedsegError
 from medseg.registry import count_parameters
@@ -11,8 +13,7 @@ from medseg.registry import count_parameters
 DIMS = [2, 3]
 
 
-def _input(spatial_dims: int, channels: int, size: int = 6) -> torch.Tensor:
-    return torch.randn(2, channels, *([size] * spatial_dims))
+_input = partial(random_input, size=6)
 
 
 

@@ -4,14 +4,13 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import random_input as _input
 from medseg.blocks.residual import BottleneckBlock, ResidualBlock
 from medseg.registry import count_parameters
 
 DIMS = [2, 3]
 
 
-def _input(spatial_dims: int, channels: int, size: int = 8) -> torch.Tensor:
-    return torch.randn(2, channels, *([size] * spatial_dims))
 
 
 @pytest.mark.parametrize("spatial_dims", DIMS)
