@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from medseg import __version__
+from medseg.data.check import check_dataset
 from medseg.engine.benchmark import (
     BenchmarkJob,
     benchmark_models,
@@ -193,6 +194,26 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
+# medseg check
+# ----------------------------------------------------------------------------------------------------
+
+def configure_check(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, metavar="DATA",
+                        help="data set folder (images/ + masks/, or imagesTr/ + labelsTr/ + dataset.json) "
+                             "or a .csv/.json list of cases")
+    parser.add_argument("--num-classes", type=_positive_int, default=None, metavar="N",
+                        help="label values must lie in 0..N-1 (1: binary, {0, 1}); "
+                             "default: the classes of dataset.json, else not checked")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    report = check_dataset(args.data, num_classes=args.num_classes, progress=not args.no_progress)
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 2
+
+
+# ----------------------------------------------------------------------------------------------------
 # The command table and the entry point
 # ----------------------------------------------------------------------------------------------------
 
@@ -210,6 +231,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("models", "list the model zoo (names, dims, parameters, paper)", configure_models, run_models),
     Command("benchmark", "measure parameters, GMACs, peak memory, latency and training throughput",
             configure_benchmark, run_benchmark),
+    Command("check", "read every case of a data set and report all its problems, then a summary",
+            configure_check, run_check),
 )
 
 
