@@ -32,8 +32,7 @@ from medseg.data.datasets import load_dataset
 from medseg.data.loader import build_train_loader
 from medseg.data.preprocess import Preprocessor
 from medseg.data.synthetic import write_lesion_dataset, write_polyp_dataset
-from medseg.engine.benchmark import machine_description, machine_slug, markdown_table
-from medseg.fileio import write_text_atomically
+from medseg.engine.benchmark import markdown_table, write_benchmark_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,16 +125,12 @@ def main() -> None:
     headers = ["case", "first prepare (s)", "second prepare (s)", "loader (samples/s)",
                "loader + augmentation (samples/s)", "U-Net-32 training (samples/s)", "ratio"]
     table = markdown_table(headers, rows, [False, *[True] * 6])
-    text = "\n".join([
-        "# Data loader throughput vs U-Net-32 training consumption", "",
-        f"- machine: {machine_description()}",
-        "- loader: cached .npy (mmap), patch sampling with 1/3 foreground oversampling, 0 workers; "
-        "augmentation: nnU-Net default config, batched on the CPU (the training device here)",
-        "- command: `.venv/bin/python benchmarks/data_throughput.py`", "", table, ""])
-    print(table)
-    out = args.out or ROOT / "benchmarks" / "results" / f"data-throughput-cpu-{machine_slug()}.md"
-    write_text_atomically(out, text)
-    print(f"wrote {out}")
+    notes = ["loader: cached .npy (mmap), patch sampling with 1/3 foreground oversampling, 0 workers; "
+             "augmentation: nnU-Net default config, batched on the CPU (the training device here)",
+             "command: `.venv/bin/python benchmarks/data_throughput.py`"]
+    title = "Data loader throughput vs U-Net-32 training consumption"
+    write_benchmark_report("data-throughput", title, table, notes, out=args.out,
+                           results_dir=ROOT / "benchmarks" / "results")
 
 
 if __name__ == "__main__":

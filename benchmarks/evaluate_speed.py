@@ -27,8 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.data import read_mask, write_mask, write_polyp_dataset
-from medseg.engine.benchmark import machine_description, machine_slug, markdown_table
-from medseg.fileio import write_text_atomically
+from medseg.engine.benchmark import markdown_table, write_benchmark_report
 from medseg.metrics.case import METRIC_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,23 +95,18 @@ def main() -> None:
             print(f"workers {workers}: {seconds:.1f} s for {n} cases", file=sys.stderr)
     table = markdown_table(["cases", "size", "metrics", "workers", "wall time (s)", "cases/s",
                             "NaN values", "mean Dice"], rows, [True] * 8)
-    text = "\n".join([
-        "# medseg evaluate: 2D speed", "",
-        f"- machine: {machine_description('cpu')}",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; load average (1 min) at the "
+    notes = [
+        f"date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; load average (1 min) at the "
         f"start: {load:.1f}",
-        f"- data: synthetic polyps (PNG, RGB images + 0/255 masks), predictions = perturbed masks (PNG); "
+        f"data: synthetic polyps (PNG, RGB images + 0/255 masks), predictions = perturbed masks (PNG); "
         f"metrics: all {len(METRIC_NAMES)} ({', '.join(METRIC_NAMES)})",
-        "- wall time of the whole command (Python start-up, reading, metrics, metrics.csv, summary.json, "
+        "wall time of the whole command (Python start-up, reading, metrics, metrics.csv, summary.json, "
         "report.html with box plots and 10 overlays)",
-        *(f"- command: `{c}`" for c in commands),
-        "- produced by `.venv/bin/python benchmarks/evaluate_speed.py`", "",
-        table, "",
-    ])
-    print(table)
-    out = args.out or ROOT / "benchmarks" / "results" / f"evaluate-speed-cpu-{machine_slug('cpu')}.md"
-    write_text_atomically(out, text)
-    print(f"wrote {out}", file=sys.stderr)
+        *(f"command: `{c}`" for c in commands),
+        "produced by `.venv/bin/python benchmarks/evaluate_speed.py`",
+    ]
+    write_benchmark_report("evaluate-speed", "medseg evaluate: 2D speed", table, notes, out=args.out,
+                           results_dir=ROOT / "benchmarks" / "results")
 
 
 if __name__ == "__main__":

@@ -27,8 +27,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from medseg.engine.benchmark import machine_description, machine_slug, markdown_table
-from medseg.fileio import write_text_atomically
+from medseg.engine.benchmark import markdown_table, write_benchmark_report
 from medseg.metrics.surface import distance_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,19 +125,16 @@ def main() -> None:
     table = markdown_table(headers, rows, [False, *[True] * 7])
     ratio = float(rows[0][-1].rstrip("x"))
     verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
-    text = "\n".join([
-        "# Surface distances: HD95 + ASSD, medseg vs MONAI", "",
-        f"- machine: {machine_description()}",
-        f"- spacing {SPACING} (array order); median of {args.repeats} calls after one warm-up, same process",
-        "- medseg: one `distance_metrics` call (both metrics from one pair of distance arrays); MONAI "
+    notes = [
+        f"spacing {SPACING} (array order); median of {args.repeats} calls after one warm-up, same process",
+        "medseg: one `distance_metrics` call (both metrics from one pair of distance arrays); MONAI "
         "(`compute_hausdorff_distance(percentile=95)` + `compute_average_surface_distance(symmetric=True)`) "
         "on one-hot float tensors built before timing; values checked equal to 1e-6 relative",
-        f"- small objects (the issue's case): {ratio:.1f}x, {verdict} the {TARGET_RATIO:.0f}x target",
-        "- command: `.venv/bin/python benchmarks/surface_distance.py`", "", table, ""])
-    print(table)
-    out = args.out or ROOT / "benchmarks" / "results" / f"surface-distance-cpu-{machine_slug()}.md"
-    write_text_atomically(out, text)
-    print(f"wrote {out}")
+        f"small objects (the issue's case): {ratio:.1f}x, {verdict} the {TARGET_RATIO:.0f}x target",
+        "command: `.venv/bin/python benchmarks/surface_distance.py`"]
+    title = "Surface distances: HD95 + ASSD, medseg vs MONAI"
+    write_benchmark_report("surface-distance", title, table, notes, out=args.out,
+                           results_dir=ROOT / "benchmarks" / "results")
 
 
 if __name__ == "__main__":

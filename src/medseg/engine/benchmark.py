@@ -471,3 +471,24 @@ def machine_slug(device: str | torch.device = "cpu") -> str:
     words = "".join(c.lower() if c.isalnum() else " " for c in name).split()
     drop = {"cpu", "processor", "r", "tm", "with", "radeon", "graphics"}
     return "-".join(w for w in words if w not in drop)[:48] or "machine"
+
+
+def write_benchmark_report(name: str, title: str, table: str, notes: Sequence[str] = (),
+                           out: str | os.PathLike[str] | None = None, device: str = "cpu",
+                           results_dir: str | os.PathLike[str] = "benchmarks/results") -> str:
+    """Print ``table`` and write a benchmark report (title, machine, notes as bullets, the table) atomically.
+
+    The default file is ``results_dir/{name}-{device}-{machine}.md``, so results of different machines sit
+    side by side. Returns the path written.
+    """
+    from pathlib import Path
+
+    from medseg.fileio import write_text_atomically
+
+    path = Path(out) if out is not None else Path(results_dir) / f"{name}-{device}-{machine_slug(device)}.md"
+    lines = [f"# {title}", "", f"- machine: {machine_description(device)}", *(f"- {n}" for n in notes), "",
+             table, ""]
+    print(table)
+    write_text_atomically(path, "\n".join(lines))
+    print(f"wrote {path}", file=sys.stderr)
+    return str(path)
