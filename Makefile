@@ -18,9 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/medseg models
-	$(BIN)/medseg benchmark unet unetpp attention_unet r2unet vnet --peer monai:basicunet \
-		--dims 2 3 --size 128 --size-3d 32
+	$(BIN)/medseg demo --out runs/demo
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 2 --dist loadfile

@@ -7,9 +7,12 @@ exit code 2, like argparse's own usage errors.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +33,7 @@ from medseg.engine.benchmark import (
 )
 from medseg.errors import MedsegError
 from medseg.fileio import write_text_atomically
+from medseg.metrics.case import METRIC_NAMES
 from medseg.registry import count_parameters, create_model, list_models, model_info
 
 PROG = "medseg"
@@ -214,6 +218,182 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
+# medseg evaluate
+# ----------------------------------------------------------------------------------------------------
+
+def configure_evaluate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pred", type=Path, metavar="PRED",
+                        help="folder of predictions (label or probability maps)")
+    parser.add_argument("gt", type=Path, metavar="GT",
+                        help="folder of ground-truth masks, or a data set root (labelsTr/, masks/)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="where to write metrics.csv, summary.json and report.html "
+                             "(default: PRED/evaluation)")
+    parser.add_argument("--metrics", nargs="+", default=None, metavar="NAME",
+                        help=f"metrics to compute (default: all): {', '.join(METRIC_NAMES)}")
+    parser.add_argument("--labels", nargs="+", type=_positive_int, default=None, metavar="LABEL",
+                        help="label values to evaluate (default: every non-zero label of the ground truth)")
+    parser.add_argument("--nsd-tolerance", type=float, default=1.0, metavar="MM",
+                        help="tolerance of the normalised surface Dice, in physical units (default: 1.0)")
+    parser.add_argument("--workers", type=_positive_int, default=2, metavar="N",
+                        help="processes evaluating cases (default: 2)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _statistic(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.4f}"  # None / NaN: no finite value
+
+
+def _evaluation_table(data: dict) -> str:
+    rows = [[name, f"{_statistic(stats['mean'])} ± {_statistic(stats['std'])}", _statistic(stats["median"]),
+             str(stats["nan"])] for name, stats in data["metrics"].items()]
+    return markdown_table(["metric", "mean ± std", "median", "NaN"], rows, [False, True, True, True])
+
+
+@contextlib.contextmanager
+def _warnings_on_stderr(logger_name: str) -> Iterator[None]:
+    """Show the warnings of ``logger_name`` on stderr as ``medseg: warning: ...`` lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: warning: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from medseg.engine.evaluate import evaluate_folders  # matplotlib: loaded only when evaluating
+
+    with _warnings_on_stderr("medseg.engine.evaluate"):
+        summary = evaluate_folders(args.pred, args.gt, out_dir=args.out, metrics=args.metrics,
+                                   labels=args.labels, nsd_tolerance=args.nsd_tolerance,
+                                   progress=not args.no_progress, workers=args.workers)
+    data = summary.data
+    print(_evaluation_table(data))
+    print(f"\n{data['cases']} cases evaluated (classes {', '.join(map(str, data['classes']))}); "
+          f"{len(data['missing'])} missing, {len(data['extra'])} extra, {len(data['problems'])} left out.")
+    for path in summary.files.values():
+        print(f"{PROG}: wrote {path}", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# medseg train
+# ----------------------------------------------------------------------------------------------------
+
+def configure_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="the run's YAML config (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. train.epochs=5 optim.lr=1e-3 data.patch_size=[64,64]")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its last.pt")
+    parser.add_argument("--run-dir", type=Path, default=None, help="the run directory (default: run_dir of "
+                                                                    "the config, else runs/NAME)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from medseg.engine.config import load_config
+    from medseg.engine.trainer import train
+
+    overrides = list(args.overrides)
+    if args.run_dir is not None:
+        overrides.append(f"run_dir={args.run_dir}")
+    config = load_config(args.config, overrides)
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(message)s")
+    result = train(config, resume=args.resume, progress=not args.no_progress)
+    if not main_rank:
+        return 0
+    best = "none" if result.best_score is None else f"{result.best_score:.4f}"
+    print(f"{PROG}: trained {result.epochs_run} epochs in {result.run_dir} (best "
+          f"{config.train.best_metric} {best}; checkpoints {result.best_checkpoint}, "
+          f"{result.last_checkpoint})", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# medseg predict
+# ----------------------------------------------------------------------------------------------------
+
+def _step(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
+    return value
+
+
+def configure_predict(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", type=Path, metavar="CHECKPOINT [CHECKPOINT ...] INPUT OUTPUT",
+                        help="one or more checkpoints (several: an ensemble averaging probabilities), "
+                             "the input image file or folder, and the output folder "
+                             "(or file, for one input file)")
+    parser.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation")
+    parser.add_argument("--step", type=_step, default=None, metavar="F",
+                        help="sliding-window step as a fraction of the patch "
+                             "(default: the checkpoint's, 0.5)")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="also write {case}_probabilities.npz (2D) / .nii.gz (3D)")
+    parser.add_argument("--no-overlays", action="store_true", help="no PNG overlays for 2D images")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--largest-component", action="store_true",
+                        help="keep the largest connected component of each class")
+    parser.add_argument("--fill-holes", action="store_true", help="fill holes in each class")
+    parser.add_argument("--min-size", type=int, default=0, metavar="N",
+                        help="remove components smaller than N voxels (default: 0, keep all)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from medseg.engine.postprocess import PostprocessOptions
+    from medseg.engine.predict import predict_paths
+
+    if len(args.paths) < 3:
+        raise MedsegError("predict needs CHECKPOINT [CHECKPOINT ...] INPUT OUTPUT (at least 3 paths)")
+    if args.min_size < 0:
+        raise MedsegError(f"--min-size must be >= 0, got {args.min_size}")
+    *checkpoints, source, target = args.paths
+    options = None
+    if args.largest_component or args.fill_holes or args.min_size:
+        options = PostprocessOptions(largest_component=args.largest_component, fill_holes=args.fill_holes,
+                                     min_component_voxels=args.min_size)
+    written = predict_paths(checkpoints, source, target, tta=False if args.no_tta else None, step=args.step,
+                            save_probabilities=args.probabilities, overlays=not args.no_overlays,
+                            postprocess=options, device=args.device, progress=not args.no_progress)
+    print(f"{PROG}: wrote {len(written)} predictions to {Path(target) if len(written) != 1 else written[0]}",
+          file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# medseg demo
+# ----------------------------------------------------------------------------------------------------
+
+def configure_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR",
+                        help="where the data, run, predictions and evaluation go (default: runs/demo)")
+    parser.add_argument("--minutes", type=float, default=None, metavar="N",
+                        help="training time budget in minutes (default: the demo config's)")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from medseg.engine.demo import run_demo as demo
+
+    if args.minutes is not None and args.minutes <= 0:
+        raise MedsegError(f"--minutes must be positive, got {args.minutes}")
+    result = demo(args.out, minutes=args.minutes)
+    print("\n".join(result.lines()))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
 # The command table and the entry point
 # ----------------------------------------------------------------------------------------------------
 
@@ -233,6 +413,14 @@ COMMANDS: tuple[Command, ...] = (
             configure_benchmark, run_benchmark),
     Command("check", "read every case of a data set and report all its problems, then a summary",
             configure_check, run_check),
+    Command("evaluate", "compare predictions with the ground truth: metrics.csv, summary.json, report.html",
+            configure_evaluate, run_evaluate),
+    Command("train", "train a model from a YAML config: checkpoints, log.csv, progress.png (--resume)",
+            configure_train, run_train),
+    Command("predict", "predict images with one checkpoint or an ensemble: masks in the source format",
+            configure_predict, run_predict),
+    Command("demo", "synthetic 2D data, a few minutes of CPU training, prediction and evaluation report",
+            configure_demo, run_demo),
 )
 
 

@@ -39,8 +39,15 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     return value
 
 
-def level_widths(features: int, depth: int) -> list[int]:
-    """Widths of the ``depth + 1`` levels: ``features`` doubled per down-sampling (64-1024 in Fig. 1)."""
+def level_widths(features: int | Sequence[int], depth: int) -> list[int]:
+    """Widths of the ``depth + 1`` levels: ``features`` doubled per down-sampling (64-1024 in Fig. 1), or
+    an explicit sequence of ``depth + 1`` widths (e.g. MONAI BasicUNet's ``(32, 32, 64, 128, 256)``)."""
+    if not isinstance(features, int):
+        widths = [int(w) for w in features]
+        if len(widths) != depth + 1 or min(widths) < 1:
+            raise MedsegError(f"features {list(features)}: expected {depth + 1} positive widths "
+                              f"(depth {depth})")
+        return widths
     if features < 1 or depth < 1:
         raise MedsegError(f"features and depth must be >= 1, got {features} and {depth}")
     return [features * 2**level for level in range(depth + 1)]
@@ -94,8 +101,8 @@ class UNetEncoder(nn.Module):
     "drop-out layers at the end of the contracting path").
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, features: int = 64, depth: int = 4,
-                 padding: str = "same", norm: str | None = "batch", act: str | None = "relu",
+    def __init__(self, spatial_dims: int, in_channels: int, features: int | Sequence[int] = 64,
+                 depth: int = 4, padding: str = "same", norm: str | None = "batch", act: str | None = "relu",
                  dropout: float = 0.0) -> None:
         super().__init__()
         check_choice("padding", padding, PADDINGS)
@@ -184,12 +191,14 @@ class UNet(SegmentationModel):
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, num_classes: int, depth: int = 4,
-                 features: int = 64, padding: str = "same", norm: str | None = "batch",
+                 features: int | Sequence[int] = 64, padding: str = "same", norm: str | None = "batch",
                  act: str | None = "relu", upsample: str = "transpose", dropout: float = 0.0,
                  deep_supervision: bool = False, skip_factory: SkipFactory | None = None) -> None:
         super().__init__()
         if deep_supervision and depth < 2:
             raise MedsegError("deep_supervision needs depth >= 2 (a decoder level below the finest)")
+        if not isinstance(features, int):  # explicit level widths: the depth follows from them
+            depth = len(features) - 1
         self.spatial_dims = layers.check_spatial_dims(spatial_dims)
         self.depth = depth
         self.padding = check_choice("padding", padding, PADDINGS)
@@ -197,7 +206,7 @@ class UNet(SegmentationModel):
         self.encoder = UNetEncoder(spatial_dims, in_channels, features, depth, padding, norm, act, dropout)
         self.decoder = UNetDecoder(spatial_dims, self.encoder.channels, padding, norm, act, upsample,
                                    skip_factory)
-        self.head = SegmentationHead(spatial_dims, features, num_classes)
+        self.head = SegmentationHead(spatial_dims, self.encoder.channels[0], num_classes)
         self.aux_heads = (DeepSupervisionHeads(spatial_dims, self.decoder.channels[1:], num_classes)
                           if deep_supervision else None)
 

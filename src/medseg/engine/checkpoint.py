@@ -1,0 +1,332 @@
+"""Checkpoints: atomic writes, safe loading (``weights_only=True``) and the state for an exact resume.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts only (what
+``torch.load(..., weights_only=True)`` accepts), laid out as::
+
+    format, medseg_version
+    model: {name, in_channels, num_classes, spatial_dims, options}     # enough to rebuild the network
+    state_dict                                                         # the weights
+    label_mode, class_names, preprocessing (Preprocessor.to_dict()), inference, config (resolved, plain)
+    training: {epoch, global_step, best_score, epochs_without_improvement,    # only for --resume
+               optimizer, scheduler, scaler, rng, extra}
+
+:func:`save_checkpoint` writes a temporary file in the target's folder, flushes and fsyncs it, renames it
+over the target (``os.replace``, atomic on POSIX) and fsyncs the folder, so a crash or SIGKILL at any
+moment leaves either the previous complete file or the new complete one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from medseg import __version__
+from medseg.errors import MedsegError
+from medseg.fileio import atomic_path
+from medseg.registry import create_model
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CHECKPOINT_FORMAT", "CheckpointError", "CheckpointPaths", "ResumeState", "build_model_from_checkpoint",
+    "capture_rng_state", "checkpoint_paths", "load_checkpoint", "load_model_weights", "make_checkpoint",
+    "restore_rng_state", "restore_training_state", "save_checkpoint", "training_state", "unwrap_model",
+]
+
+CHECKPOINT_FORMAT = 1
+LAST_NAME = "last.pt"
+BEST_NAME = "best.pt"
+
+_PLAIN_SCALARS = (bool, int, float, str, type(None), torch.Tensor, torch.dtype, torch.Size, torch.device)
+
+
+class CheckpointError(MedsegError):
+    """A checkpoint that cannot be read, is not a medseg checkpoint, or does not fit a model."""
+
+
+class CheckpointPaths(NamedTuple):
+    last: Path
+    best: Path
+
+
+def checkpoint_paths(run_dir: str | Path) -> CheckpointPaths:
+    """``run_dir/last.pt`` (written every epoch, for resuming) and ``run_dir/best.pt`` (best validation)."""
+    run_dir = Path(run_dir)
+    return CheckpointPaths(run_dir / LAST_NAME, run_dir / BEST_NAME)
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def _check_plain(value: Any, key: str) -> None:
+    """Refuse what ``weights_only`` loading would reject (numpy arrays, objects) at save time."""
+    if type(value) in (dict, OrderedDict):  # subclasses (defaultdict, NamedTuple) would be pickled as classes
+        for k, v in value.items():
+            if not isinstance(k, (str, int)):
+                raise CheckpointError(f"checkpoint entry {key}: key {k!r} is not a string or an integer")
+            _check_plain(v, f"{key}.{k}")
+    elif type(value) in (list, tuple):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{key}[{i}]")
+    elif not isinstance(value, _PLAIN_SCALARS):
+        raise CheckpointError(f"checkpoint entry {key}: {type(value).__name__} is not plain data (tensors, "
+                              "numbers, strings, lists and dicts only)")
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
+    """Write ``state`` (plain data only) to ``path`` atomically and durably; returns the path.
+
+    One writer per file is assumed (in DDP only rank 0 writes). A killed writer may leave a hidden
+    ``.NAME.*.tmp`` file beside the target, never a partial target (see ``rundir.remove_stale_temporaries``).
+    """
+    path = Path(path)
+    _check_plain(dict(state), "state")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            torch.save(dict(state), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    _fsync_folder(path.parent)
+    return path
+
+
+def _read_error(path: Path, exc: BaseException) -> CheckpointError:
+    text = " ".join(str(exc).split())
+    foreign = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if foreign:
+        return CheckpointError(f"checkpoint {path} holds objects other than tensors and plain data "
+                               f"({foreign.group(1)}); refusing to unpickle it (weights_only=True)")
+    detail = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+    return CheckpointError(f"checkpoint {path} cannot be read (truncated, corrupt or not a PyTorch file): "
+                           f"{type(exc).__name__}: {(detail.group(1) if detail else text)[:160]}")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a medseg checkpoint with ``torch.load(..., weights_only=True)``.
+
+    A missing, truncated, corrupt or foreign file raises :class:`CheckpointError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to unpickle means an unusable file
+        raise _read_error(path, exc) from None
+    if not isinstance(state, dict) or "format" not in state or "model" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a medseg checkpoint (no model record; a bare state "
+                              "dict or another tool's file?)")
+    if state["format"] > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {state['format']}, newer than this medseg "
+                              f"({__version__}) reads ({CHECKPOINT_FORMAT})")
+    return state
+
+
+# ------------------------------------------------------------------------------------------ content
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The network inside DistributedDataParallel / ``torch.compile`` wrappers (clean state-dict keys)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def make_checkpoint(model: nn.Module, *, name: str, in_channels: int, num_classes: int, spatial_dims: int,
+                    options: Mapping[str, Any] | None = None, label_mode: str = "binary",
+                    class_names: list[str] | None = None, preprocessing: Mapping[str, Any] | None = None,
+                    inference: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
+                    training: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint dict for ``model`` (unwrapped; weights copied to the CPU): what ``predict`` needs to
+    rebuild and run it, plus ``training`` (see :func:`training_state`) for resuming."""
+    weights = {k: v.detach().cpu().clone() for k, v in unwrap_model(model).state_dict().items()}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "medseg_version": __version__,
+        "model": {"name": name, "in_channels": int(in_channels), "num_classes": int(num_classes),
+                  "spatial_dims": int(spatial_dims), "options": dict(options or {})},
+        "state_dict": weights,
+        "label_mode": label_mode,
+        "class_names": list(class_names) if class_names is not None else None,
+        "preprocessing": dict(preprocessing or {}),
+        "inference": dict(inference or {}),
+        "config": dict(config or {}),
+        "training": dict(training) if training is not None else None,
+    }
+
+
+def _checkpoint_name(ckpt: Mapping[str, Any], source: str | Path | None) -> str:
+    return str(source) if source is not None else f"(model {ckpt.get('model', {}).get('name', '?')})"
+
+
+def load_model_weights(model: nn.Module, ckpt: Mapping[str, Any], source: str | Path | None = None) -> None:
+    """Load the checkpoint's weights into ``model`` (strictly); a mismatch is a one-line CheckpointError."""
+    target = unwrap_model(model)
+    try:
+        target.load_state_dict(ckpt["state_dict"], strict=True)
+    except (RuntimeError, KeyError) as exc:
+        record = ckpt.get("model", {})
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise CheckpointError(
+            f"checkpoint {_checkpoint_name(ckpt, source)} was saved from model {record.get('name')!r} "
+            f"(in_channels {record.get('in_channels')}, num_classes {record.get('num_classes')}, "
+            f"{record.get('spatial_dims')}D, options {record.get('options')}); its weights do not fit "
+            f"{type(target).__name__}: {first[:200]}") from None
+
+
+def build_model_from_checkpoint(ckpt: Mapping[str, Any] | str | Path) -> nn.Module:
+    """Rebuild the network recorded in a checkpoint (or a checkpoint file) with its weights, in eval mode."""
+    source = None
+    if isinstance(ckpt, str | Path):
+        source, ckpt = ckpt, load_checkpoint(ckpt)
+    record = ckpt.get("model")
+    if not isinstance(record, Mapping) or "name" not in record:
+        raise CheckpointError(f"checkpoint {_checkpoint_name(ckpt, source)} has no model record")
+    try:
+        model = create_model(record["name"], in_channels=record["in_channels"],
+                             num_classes=record["num_classes"], spatial_dims=record["spatial_dims"],
+                             **record.get("options", {}))
+    except MedsegError as exc:
+        raise CheckpointError(f"checkpoint {_checkpoint_name(ckpt, source)}: {exc}") from None
+    load_model_weights(model, ckpt, source)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------ RNG
+
+
+def capture_rng_state(generators: Mapping[str, torch.Generator] | None = None) -> dict[str, Any]:
+    """The global random states as plain data: torch CPU, CUDA (all devices, if initialised), numpy's
+    legacy global state, Python's ``random``, plus any named ``generators`` (e.g. an augmenter's)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized()
+        else [],
+        "generators": {name: g.get_state() for name, g in (generators or {}).items()},
+    }
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any], generators: Mapping[str, torch.Generator] | None = None
+                      ) -> None:
+    """Put back what :func:`capture_rng_state` recorded (CUDA states only where devices exist)."""
+    torch.set_rng_state(state["torch"].cpu())
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].cpu().numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    python = state["python"]
+    random.setstate((python["version"], tuple(int(v) for v in python["internal"].tolist()),
+                     python["gauss_next"]))
+    cuda_states = state.get("cuda") or []
+    if cuda_states and torch.cuda.is_available():
+        count = min(len(cuda_states), torch.cuda.device_count())
+        for device in range(count):
+            torch.cuda.set_rng_state(cuda_states[device].cpu(), device)
+        if count < len(cuda_states):
+            logger.warning("checkpoint has CUDA RNG states of %d devices, restoring %d", len(cuda_states),
+                           count)
+    elif cuda_states:
+        logger.warning("checkpoint has CUDA RNG states but no GPU is available; continuing without them")
+    saved = state.get("generators", {})
+    for name, generator in (generators or {}).items():
+        if name in saved:
+            generator.set_state(saved[name].to(generator.get_state().device))
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+
+class ResumeState(NamedTuple):
+    """Where a resumed run continues: the next epoch to run and the bookkeeping of the previous run."""
+
+    epoch: int
+    global_step: int
+    best_score: float | None
+    epochs_without_improvement: int
+    extra: dict[str, Any]
+
+
+def _state_or_none(obj: Any) -> dict[str, Any] | None:
+    return None if obj is None else obj.state_dict()
+
+
+def training_state(*, epoch: int, global_step: int, optimizer: torch.optim.Optimizer | None = None,
+                   scheduler: Any = None, scaler: Any = None, best_score: float | None = None,
+                   epochs_without_improvement: int = 0,
+                   generators: Mapping[str, torch.Generator] | None = None,
+                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``training`` entry of a checkpoint taken after ``epoch`` (completed epochs) and ``global_step``
+    optimiser steps: optimiser, LR scheduler and AMP scaler states, RNG states (see
+    :func:`capture_rng_state`), best validation score, early-stopping counter and ``extra`` plain data
+    (e.g. an EMA state dict)."""
+    return {
+        "epoch": int(epoch),
+        "global_step": int(global_step),
+        "best_score": None if best_score is None else float(best_score),
+        "epochs_without_improvement": int(epochs_without_improvement),
+        "optimizer": _state_or_none(optimizer),
+        "scheduler": _state_or_none(scheduler),
+        "scaler": _state_or_none(scaler),
+        "rng": capture_rng_state(generators),
+        "extra": dict(extra or {}),
+    }
+
+
+def restore_training_state(ckpt: Mapping[str, Any], *, optimizer: torch.optim.Optimizer | None = None,
+                           scheduler: Any = None, scaler: Any = None,
+                           generators: Mapping[str, torch.Generator] | None = None,
+                           source: str | Path | None = None) -> ResumeState:
+    """Restore optimiser, scheduler, scaler and RNG states from a checkpoint (the model weights are loaded
+    with :func:`load_model_weights`) and return where to continue."""
+    training = ckpt.get("training")
+    if not training:
+        raise CheckpointError(f"checkpoint {_checkpoint_name(ckpt, source)} holds no training state (a "
+                              "best.pt or an exported model?); resume from last.pt")
+    for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+        if obj is None:
+            continue
+        if training.get(name) is None:
+            raise CheckpointError(f"checkpoint {_checkpoint_name(ckpt, source)} holds no {name} state")
+        try:
+            obj.load_state_dict(training[name])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {_checkpoint_name(ckpt, source)}: its {name} state does not "
+                                  f"fit this run's {name}: {' '.join(str(exc).split())[:200]}") from None
+    restore_rng_state(training["rng"], generators)
+    return ResumeState(epoch=training["epoch"], global_step=training["global_step"],
+                       best_score=training["best_score"],
+                       epochs_without_improvement=training["epochs_without_improvement"],
+                       extra=dict(training.get("extra") or {}))

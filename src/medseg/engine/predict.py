@@ -1,0 +1,423 @@
+"""``medseg predict``: checkpoints + an image file or folder -> label maps in the source format and geometry.
+
+Per case (nnU-Net's ``predict_from_raw_data`` structure): read the image with its geometry, preprocess it
+with the checkpoint's :class:`~medseg.data.Preprocessor`, predict logits (whole image, or Gaussian-weighted
+sliding window when a patch size is known; mirroring TTA; several checkpoints averaged as probabilities),
+convert to labels (threshold / argmax), postprocess, map back to the source grid
+(:meth:`Preprocessor.revert`) and write the mask under the source case id, with optional probabilities and
+a PNG overlay for 2D images.
+
+Every output file is written atomically; when a case fails, the files already written for it are removed,
+so no partial case remains. Errors are :class:`~medseg.errors.MedsegError` (one line, exit 2 on the CLI).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from medseg.data.datasets import Case, group_channels, image_files
+from medseg.data.geometry import DataError, Geometry
+from medseg.data.io import case_id, image_extension, lossless_mask_path, read_image, write_image, write_mask
+from medseg.data.preprocess import PreprocessedCase, Preprocessor
+from medseg.engine.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+from medseg.engine.inference import (
+    ensemble_predict,
+    logits_to_labels,
+    logits_to_probabilities,
+    predict_logits,
+    probabilities_to_labels,
+)
+from medseg.engine.postprocess import PostprocessOptions, postprocess
+from medseg.errors import MedsegError
+from medseg.fileio import write_bytes_atomically
+from medseg.outputs import main_logits
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LoadedModel", "PredictSettings", "find_cases", "load_models", "predict_case", "predict_paths"]
+
+PROBABILITY_SUFFIX = "_probabilities"
+OVERLAY_FOLDER = "overlays"
+ENSEMBLE_KEYS = ("label_mode", "class_names", "in_channels", "num_classes", "spatial_dims", "preprocessing")
+OVERLAY_COLOURS = np.array([[255, 220, 0], [0, 200, 255], [255, 64, 64], [64, 255, 64], [255, 0, 255]],
+                           dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class LoadedModel:
+    """A network rebuilt from a checkpoint and what prediction needs from the checkpoint."""
+
+    path: Path
+    model: nn.Module
+    label_mode: str
+    class_names: list[str] | None
+    in_channels: int
+    num_classes: int
+    spatial_dims: int
+    preprocessing: dict[str, Any]
+    inference: dict[str, Any]
+    patch_size: tuple[int, ...] | None
+
+
+def _patch_size(ckpt: Mapping[str, Any]) -> tuple[int, ...] | None:
+    """The sliding-window patch: ``inference.patch_size``, else the training patch ``data.patch_size``."""
+    patch = (ckpt.get("inference") or {}).get("patch_size")
+    if patch is None:
+        patch = ((ckpt.get("config") or {}).get("data") or {}).get("patch_size")
+    return None if patch is None else tuple(int(p) for p in patch)
+
+
+def load_models(checkpoints: Sequence[str | Path], device: torch.device) -> list[LoadedModel]:
+    """Load the checkpoints (``weights_only``) and rebuild their networks on ``device``; an ensemble must
+    share label mode, classes, channels, dimensionality and preprocessing (else an error naming the
+    checkpoint)."""
+    if not checkpoints:
+        raise MedsegError("predict needs at least one checkpoint")
+    loaded = []
+    for path in map(Path, checkpoints):
+        ckpt = load_checkpoint(path)
+        record = ckpt.get("model") or {}
+        try:
+            model = build_model_from_checkpoint(ckpt)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        loaded.append(LoadedModel(
+            path=path, model=model.to(device).eval(), label_mode=str(ckpt.get("label_mode", "binary")),
+            class_names=ckpt.get("class_names"), in_channels=int(record["in_channels"]),
+            num_classes=int(record["num_classes"]), spatial_dims=int(record["spatial_dims"]),
+            preprocessing=dict(ckpt.get("preprocessing") or {}), inference=dict(ckpt.get("inference") or {}),
+            patch_size=_patch_size(ckpt)))
+    _check_compatible(loaded)
+    return loaded
+
+
+def _check_compatible(models: Sequence[LoadedModel]) -> None:
+    first = models[0]
+    for other in models[1:]:
+        for key in ENSEMBLE_KEYS:
+            if getattr(other, key) != getattr(first, key):
+                raise CheckpointError(f"checkpoint {other.path} cannot be ensembled with {first.path}: its "
+                                      f"{key} {getattr(other, key)!r} differs from {getattr(first, key)!r}")
+
+
+class _PaddedPredictor(nn.Module):
+    """Pads a batch to the network's input multiple (U-Net: ``2 ** depth``) and crops the logits back."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.multiple = int(getattr(model, "input_multiple", 1) or 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[2:]
+        pad: list[int] = []
+        for n in reversed(size):
+            pad += [0, -n % self.multiple]
+        padded = F.pad(x, pad) if any(pad) else x
+        logits = main_logits(self.model(padded))
+        return logits[(slice(None), slice(None), *(slice(0, n) for n in size))] if any(pad) else logits
+
+
+# ----------------------------------------------------------------------------------------------------
+# Settings and cases
+# ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class PredictSettings:
+    """How to predict (defaults from the first checkpoint's ``inference`` record, then the arguments)."""
+
+    mode: str = "auto"
+    step: float = 0.5
+    sigma_scale: float = 0.125
+    window_batch_size: int = 4
+    mirror: bool = True
+    mirror_axes: tuple[int, ...] | None = None
+    accumulate_on: str = "auto"
+    threshold: float = 0.5
+    postprocess: PostprocessOptions = field(default_factory=PostprocessOptions)
+    save_probabilities: bool = False
+    overlays: bool = True
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> PredictSettings:
+        """Settings from a checkpoint's ``inference`` dict (unknown keys ignored)."""
+        known = {f.name for f in fields(cls)} - {"postprocess"}
+        values = {k: v for k, v in record.items() if k in known}
+        if values.get("mirror_axes") is not None:
+            values["mirror_axes"] = tuple(values["mirror_axes"])
+        post = dict(record.get("postprocess") or {})
+        for key in ("largest_component", "fill_holes"):
+            if isinstance(post.get(key), list):
+                post[key] = tuple(post[key])
+        known_post = {f.name for f in fields(PostprocessOptions)}
+        options = PostprocessOptions(**{k: v for k, v in post.items() if k in known_post})
+        return cls(**values, postprocess=options)
+
+
+def find_cases(input_path: Path, in_channels: int) -> list[Case]:
+    """The cases of a file or a folder: every image file, nnU-Net channel files ``{case}_{XXXX}`` grouped
+    into one case (when the model takes several channels, or the files carry the suffix)."""
+    if not input_path.exists():
+        raise MedsegError(f"input {input_path}: no such file or folder")
+    if input_path.is_file():
+        return [Case(case_id(input_path), [input_path])]
+    files = image_files(input_path)
+    if not files:
+        raise MedsegError(f"input folder {input_path} holds no image file")
+    cases, problems, _ = group_channels(files, set(), in_channels if in_channels > 1 else None)
+    if in_channels == 1:  # single-channel models: a lone `_0000` file is a grouped case of one channel
+        problems = [p for p in problems if "beyond" not in p.problem]
+    if problems:
+        raise MedsegError(f"input folder {input_path}: {problems[0]}"
+                          + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
+    return sorted(cases, key=lambda c: c.case_id)
+
+
+def _read_case(case: Case) -> tuple[np.ndarray, Geometry]:
+    arrays, geometry = [], None
+    for path in case.images:
+        array, geo = read_image(path)
+        if geometry is not None and tuple(geo.shape) != tuple(geometry.shape):
+            raise DataError(path, f"channel of shape {tuple(geo.shape)} differs from {tuple(geometry.shape)}")
+        geometry = geometry or geo
+        arrays.append(array)
+    assert geometry is not None
+    return (arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)), geometry
+
+
+# ----------------------------------------------------------------------------------------------------
+# One case
+# ----------------------------------------------------------------------------------------------------
+
+def _window_options(settings: PredictSettings, models: Sequence[LoadedModel], device: torch.device,
+                    spatial_dims: int) -> dict[str, Any]:
+    first = models[0]
+    sliding = settings.mode == "sliding_window" or (settings.mode == "auto" and first.patch_size is not None)
+    if sliding and first.patch_size is None:
+        raise MedsegError(f"checkpoint {first.path}: sliding-window inference needs inference.patch_size")
+    axes = (settings.mirror_axes if settings.mirror_axes is not None else tuple(range(spatial_dims))) \
+        if settings.mirror else None
+    options: dict[str, Any] = {"mirror_axes": axes, "device": device}
+    if sliding:
+        options.update(patch_size=first.patch_size, step=settings.step, sigma_scale=settings.sigma_scale,
+                       window_batch_size=settings.window_batch_size)
+        if settings.accumulate_on != "auto":
+            options["accumulate_device"] = device if settings.accumulate_on == "device" else "cpu"
+    return options
+
+
+def _predict_probabilities(models: Sequence[LoadedModel], image: Tensor, settings: PredictSettings,
+                           device: torch.device) -> tuple[Tensor, bool]:
+    """Logits (one model; ``False``) or averaged probabilities (an ensemble; ``True``) ``[K, *spatial]``."""
+    first = models[0]
+    options = _window_options(settings, models, device, image.ndim - 1)
+    predictors = [_PaddedPredictor(m.model) for m in models]
+    if len(predictors) == 1:
+        return predict_logits(predictors[0], image, first.num_classes, **options), False
+    return ensemble_predict(predictors, image, first.num_classes, first.label_mode, **options), True
+
+
+def _display_rgb(image: np.ndarray) -> np.ndarray:
+    """An 8-bit RGB picture ``[H, W, 3]`` of a 2D image ``[C, H, W]`` (first 3 channels, min-max scaled)."""
+    picture = (image[:3] if image.shape[0] >= 3 else np.repeat(image[:1], 3, 0)).astype(np.float32)
+    if image.dtype != np.uint8:
+        low, high = float(picture.min()), float(picture.max())
+        picture = (picture - low) * (255.0 / (high - low if high > low else 1.0))
+    return np.clip(picture, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def overlay_png(image: np.ndarray, labels: np.ndarray) -> bytes:
+    """PNG bytes of a 2D image ``[C, H, W]`` with the contour of each predicted class ``[H, W]`` (or
+    ``[K, H, W]`` multilabel) drawn in colour."""
+    from PIL import Image
+
+    picture = _display_rgb(image)
+    if labels.ndim == 2:
+        masks = [labels == c for c in np.unique(labels) if c != 0]
+    else:
+        masks = [m > 0 for m in labels]
+    for i, mask in enumerate(masks):
+        contour = mask & ~ndimage.binary_erosion(mask)
+        picture[contour] = OVERLAY_COLOURS[i % len(OVERLAY_COLOURS)]
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class CaseOutputs:
+    """Where one case's outputs go."""
+
+    mask: Path
+    probabilities: Path | None
+    overlay: Path | None
+
+
+def _outputs_for(case: Case, folder: Path, spatial_dims: int, settings: PredictSettings,
+                 mask_path: Path | None = None) -> CaseOutputs:
+    source = case.images[0]
+    extension = image_extension(source) or ".nii.gz"
+    mask = mask_path or lossless_mask_path(folder / f"{case.case_id}{extension}")
+    probability_ext = ".npz" if spatial_dims == 2 else ".nii.gz"
+    return CaseOutputs(
+        mask=mask,
+        probabilities=(mask.parent / f"{case.case_id}{PROBABILITY_SUFFIX}{probability_ext}"
+                       if settings.save_probabilities else None),
+        overlay=(mask.parent / OVERLAY_FOLDER / f"{case.case_id}.png"
+                 if settings.overlays and spatial_dims == 2 else None))
+
+
+def _revert_scores(scores: np.ndarray, preprocessor: Preprocessor, case: PreprocessedCase, mode: str,
+                   are_probabilities: bool) -> np.ndarray:
+    """Logits or probabilities ``[K, *spatial]`` mapped back to the source grid (linear interpolation,
+    then labels: nnU-Net resamples scores, not labels). Outside the crop box: background (logits 0 tie
+    to label 0 under argmax and fall below any threshold; multiclass probabilities get 1 in channel 0).
+    With identity preprocessing nothing is copied."""
+    reverted = preprocessor.revert(scores, case, order=1, fill=0.0)
+    if are_probabilities and mode == "multiclass" and case.cropped_shape != case.original_shape:
+        outside = np.ones(case.original_shape, dtype=bool)
+        outside[tuple(slice(a, b) for a, b in case.crop_box)] = False
+        reverted[0][outside] = 1.0
+    return reverted.astype(np.float32, copy=False)
+
+
+def _write_outputs(outputs: CaseOutputs, image: np.ndarray, labels: np.ndarray, geometry: Geometry,
+                   probabilities: np.ndarray | None, written: list[Path]) -> None:
+    written.append(outputs.mask)
+    if labels.shape[0] == 1:
+        write_mask(outputs.mask, labels, geometry)
+    else:  # multilabel: one channel per class
+        write_image(outputs.mask, labels, geometry)
+    if outputs.probabilities is not None and probabilities is not None:
+        written.append(outputs.probabilities)
+        if outputs.probabilities.name.endswith(".npz"):
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, probabilities=probabilities)
+            write_bytes_atomically(outputs.probabilities, buffer.getvalue())
+        else:
+            write_image(outputs.probabilities, probabilities, geometry)
+    if outputs.overlay is not None:
+        written.append(outputs.overlay)
+        outputs.overlay.parent.mkdir(parents=True, exist_ok=True)
+        shown = labels[0] if labels.shape[0] == 1 else labels
+        write_bytes_atomically(outputs.overlay, overlay_png(image, shown))
+
+
+def predict_case(models: Sequence[LoadedModel], case: Case, outputs: CaseOutputs, settings: PredictSettings,
+                 device: torch.device) -> Path:
+    """Predict one case and write its outputs; on failure the files written for it are removed."""
+    first = models[0]
+    written: list[Path] = []
+    try:
+        image, geometry = _read_case(case)
+        if image.shape[0] != first.in_channels:
+            raise DataError(case.images[0], f"{image.shape[0]} channels, the model takes {first.in_channels}")
+        if geometry.spatial_dims != first.spatial_dims:
+            raise DataError(case.images[0], f"{geometry.spatial_dims}D image, the model is "
+                                            f"{first.spatial_dims}D")
+        preprocessor = Preprocessor.from_dict(first.preprocessing)
+        prepared = preprocessor(image, None, geometry)
+        scores, are_probabilities = _predict_probabilities(models, torch.from_numpy(prepared.image), settings,
+                                                           device)
+        scores = _revert_scores(scores.cpu().numpy(), preprocessor, prepared, first.label_mode,
+                                are_probabilities)
+        if settings.save_probabilities:
+            probabilities = scores if are_probabilities else logits_to_probabilities(
+                torch.from_numpy(scores.copy()), first.label_mode, inplace=True).numpy()
+        else:
+            probabilities = None
+        convert = probabilities_to_labels if are_probabilities else logits_to_labels
+        labels = convert(torch.from_numpy(scores), first.label_mode, settings.threshold).numpy()
+        del scores
+        labels = labels[None] if labels.ndim == first.spatial_dims else labels
+        processed = postprocess(labels[0] if labels.shape[0] == 1 else labels, first.label_mode,
+                                settings.postprocess, spacing=geometry.spacing)
+        labels = processed[None] if processed.ndim == first.spatial_dims else processed
+        _write_outputs(outputs, image, labels, geometry.with_shape(tuple(image.shape[1:])), probabilities,
+                       written)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return outputs.mask
+
+
+# ----------------------------------------------------------------------------------------------------
+# The command's function
+# ----------------------------------------------------------------------------------------------------
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda`` (an error when CUDA is not available)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MedsegError(f"device {device!r} asked for, but CUDA is not available to torch")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise MedsegError(f"device {device!r}: expected auto, cpu or cuda")
+    return torch.device(device)
+
+
+def predict_paths(checkpoints: Sequence[str | Path], input: str | Path, output: str | Path, *,
+                  tta: bool | None = None, step: float | None = None, save_probabilities: bool = False,
+                  overlays: bool = True, postprocess: PostprocessOptions | None = None, device: str = "auto",
+                  progress: bool = True) -> list[Path]:
+    """Predict a file or every case of a folder with one checkpoint or an ensemble; returns the masks.
+
+    Args:
+        checkpoints: checkpoint files (several: probabilities averaged).
+        input: an image file or a folder of images (nnU-Net ``_0000`` channel files grouped).
+        output: a folder, or a file path (with an image extension) when ``input`` is a file.
+        tta: mirroring test-time augmentation (None: the checkpoint's setting).
+        step: sliding-window step as a fraction of the patch (None: the checkpoint's, 0.5).
+        save_probabilities: also write ``{case}_probabilities.npz`` (2D) / ``.nii.gz`` (3D).
+        overlays: write ``overlays/{case}.png`` (image + predicted contours) for 2D cases.
+        postprocess: postprocessing options (None: the checkpoint's).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        progress: a tqdm bar over the cases.
+    """
+    torch_device = resolve_device(device)
+    models = load_models(checkpoints, torch_device)
+    settings = PredictSettings.from_record(models[0].inference)
+    if tta is not None:
+        settings.mirror = tta
+    if step is not None:
+        if not 0 < step <= 1:
+            raise MedsegError(f"step must be in (0, 1], got {step}")
+        settings.step = step
+    if postprocess is not None:
+        settings.postprocess = postprocess
+    settings.save_probabilities = save_probabilities
+    settings.overlays = overlays
+    input_path, output_path = Path(input), Path(output)
+    cases = find_cases(input_path, models[0].in_channels)
+    single_file = input_path.is_file() and image_extension(output_path) is not None
+    folder = output_path.parent if single_file else output_path
+    source_folder = input_path.parent if input_path.is_file() else input_path
+    if (folder.resolve() == source_folder.resolve() and not single_file) or (
+            single_file and lossless_mask_path(output_path).resolve() == input_path.resolve()):
+        raise MedsegError(f"output {output_path} is the input {input_path}; predictions would overwrite "
+                          "the images")
+    written = []
+    bar = tqdm(cases, desc="predict", unit="case", disable=not progress or len(cases) < 2)
+    for case in bar:
+        outputs = _outputs_for(case, folder, models[0].spatial_dims, settings,
+                               lossless_mask_path(output_path) if single_file else None)
+        written.append(predict_case(models, case, outputs, settings, torch_device))
+    logger.info("predicted %d cases into %s", len(written), folder)
+    return written

@@ -1,0 +1,271 @@
+"""Typed configs: presets, overrides, error messages, YAML round trip, learning-rate schedules."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from medseg import create_model, model_info
+from medseg.engine import config as config_module
+from medseg.engine.config import (
+    ConfigError,
+    InferenceConfig,
+    RunConfig,
+    ScheduleConfig,
+    config_from_dict,
+    config_to_dict,
+    dataclass_from_dict,
+    load_config,
+    lr_factor_function,
+    register_schedule,
+    save_config,
+)
+from medseg.errors import MedsegError
+from medseg.losses import build_loss
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+PRESETS = sorted(CONFIGS.glob("*.yaml"))
+
+
+def test_the_presets_exist() -> None:
+    names = {p.name for p in PRESETS}
+    assert {"unet-synthetic-2d.yaml", "unet3d-hippocampus.yaml", "unet-kvasir.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
+def test_every_preset_loads_validates_and_builds_its_model(path: Path, tmp_path: Path) -> None:
+    config = load_config(path)
+    assert isinstance(config, RunConfig)
+    assert config.name == path.stem
+    dims = config.spatial_dims
+    assert dims in (2, 3)
+    channels = config.data.output_channels(None)
+    model = create_model(config.model.name, in_channels=3 if config.data.normalization == "rgb" else 1,
+                         num_classes=channels, spatial_dims=dims, **config.model.options)
+    default_loss = model_info(config.model.name)["default_loss"]
+    loss = build_loss(config.loss.build_spec(config.data.label_mode, default_loss))
+    assert isinstance(loss, torch.nn.Module)
+    shape = config.data.patch_size or config.data.resize
+    if shape is not None:  # the training shape suits the network's input multiple
+        assert all(s % model.input_multiple == 0 for s in shape)
+    assert load_config(save_config(config, tmp_path / "config.yaml")) == config
+
+
+def test_hippocampus_preset_is_the_nnunet_recipe() -> None:
+    config = load_config(CONFIGS / "unet3d-hippocampus.yaml")
+    assert (config.data.label_mode, config.data.num_classes, config.spatial_dims) == ("multiclass", 3, 3)
+    assert (config.optim.name, config.optim.nesterov, config.optim.momentum) == ("sgd", True, 0.99)
+    assert (config.schedule.name, config.schedule.power) == ("poly", 0.9)
+    assert config.data.root.endswith("shared/data/msd-task04-hippocampus")
+
+
+def test_defaults_follow_nnunet() -> None:
+    config = load_config(None)
+    assert config.inference.step == 0.5 and config.inference.sigma_scale == 0.125
+    assert config.inference.mirror and config.train.val_metrics == ["dice"]
+    assert config.train.iterations_per_epoch == 250 and config.train.grad_clip == 12.0
+    assert config.resolved_run_dir() == Path("runs/run")
+
+
+def test_overrides_of_nested_keys_lists_and_types(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {epochs: 50}\nmodel: {options: {depth: 3}}\n")
+    config = load_config(path, ["train.epochs=5", "optim.lr=1e-3", "model.options.features=16",
+                                "data.patch_size=[64,64]", "train.grad_clip=null", "train.compile=true",
+                                "optim.betas=[0.8, 0.99]",
+                                "loss.losses=[{name: dice, weight: 2}, {name: ce}]",
+                                "optim.param_groups=[{match: encoder., lr: 1e-4}]", "name=my run"])
+    assert config.train.epochs == 5 and isinstance(config.train.epochs, int)
+    assert config.optim.lr == 1e-3 and isinstance(config.optim.lr, float)  # YAML 1.1 reads 1e-3 as text
+    assert config.model.options == {"depth": 3, "features": 16}  # merged with the file's options
+    assert config.data.patch_size == (64, 64) and config.spatial_dims == 2
+    assert config.train.grad_clip is None and config.train.compile is True
+    assert config.optim.betas == (0.8, 0.99)
+    assert config.loss.terms("dice_ce") == [{"weight": 2, "name": "dice"}, {"weight": 1.0, "name": "ce"}]
+    assert config.optim.param_groups[0].match == "encoder." and config.optim.param_groups[0].lr == 1e-4
+    assert config.name == "my run"
+
+
+def test_the_loss_defaults_to_the_models_loss() -> None:
+    assert load_config(None).loss.terms("dice_ce") == [{"name": "dice_ce", "weight": 1.0}]
+    config = load_config(None, ["loss.name=focal", "loss.options.gamma=2"])
+    assert config.loss.terms("dice_ce") == [{"name": "focal", "weight": 1.0, "gamma": 2}]
+
+
+def test_an_integral_float_is_an_integer_but_not_a_fraction() -> None:
+    assert load_config(None, ["train.epochs=5.0"]).train.epochs == 5
+    with pytest.raises(ConfigError, match=r"^train\.epochs: expected an integer, got 5\.5$"):
+        load_config(None, ["train.epochs=5.5"])
+
+
+UNKNOWN_KEYS = [
+    ("train.epoch=5", r"^unknown config key 'train\.epoch'; did you mean 'train\.epochs'\?$"),
+    ("trian.epochs=5", r"^unknown config key 'trian'; did you mean 'train'\?$"),
+    ("optim.zzz=1", r"^unknown config key 'optim\.zzz'; valid keys under 'optim': name, lr, .*param_groups$"),
+    ("data.patch_size.x=1", r"^data\.patch_size: expected a list \(each an integer\) or null, got \{'x'"),
+    ("optim.lr.x=1", r"^override optim\.lr\.x: optim\.lr is 0\.1, not a section$"),
+    ("augmentation.mirrror=false", r"augmentation\.mirrror: unknown key"),
+]
+WRONG_TYPES = [
+    ("train.epochs=abc", r"^train\.epochs: expected an integer, got 'abc'$"),
+    ("train.compile=1", r"^train\.compile: expected true or false, got 1$"),
+    ("optim.lr=fast", r"^optim\.lr: expected a number, got 'fast'$"),
+    ("data.patch_size=64", r"^data\.patch_size: expected a list \(each an integer\) or null, got 64$"),
+    ("data.patch_size=[64, x]", r"^data\.patch_size\[1\]: expected an integer, got 'x'$"),
+    ("optim.betas=[0.9]", r"^optim\.betas: expected 2 values, got 1"),
+    ("model.options=3", r"^model\.options: expected a mapping, got 3$"),
+    ("data=5", r"^data: expected a mapping, got 5$"),
+]
+BAD_VALUES = [
+    ("optim.name=sgdd", r"^optim\.name: 'sgdd' is not one of sgd, adam, adamw; did you mean 'sgd'\?$"),
+    ("train.amp=fp32", r"^train\.amp: 'fp32' is not one of auto, none, bf16, fp16"),
+    ("data.label_mode=multi", r"^data\.label_mode: 'multi' is not one of binary, multiclass, multilabel"),
+    ("model.spatial_dims=4", r"^model\.spatial_dims: 4 is not one of 2, 3$"),
+    ("train.val_metrics=[dice, hd96]", r"^train\.val_metrics\[1\]: 'hd96' is not one of dice, .*'hd95'"),
+    ("schedule.name=cos", r"^schedule\.name: 'cos' is not one of constant, cosine, poly, step; did you mean"),
+    ("model.name=unett", r"^model\.name: unknown model 'unett'; did you mean unet"),
+    ("optim.lr=-1", r"^optim\.lr: must be > 0, got -1\.0$"),
+    ("data.val_fraction=1", r"^data\.val_fraction: must be < 1"),
+    ("data.patch_size=[0, 64]", r"^data\.patch_size: every value must be >= 1"),
+    ("augmentation.mirror.p=2", r"augmentation\.mirror\.p: 2\.0 is outside the allowed interval"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), UNKNOWN_KEYS + WRONG_TYPES + BAD_VALUES)
+def test_errors_name_the_key_and_what_is_allowed(override: str, message: str) -> None:
+    """Unknown keys suggest the closest valid ones; wrong types say the expected type; bad values list the
+    allowed choices or bounds."""
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"optim": {"lr": 0.1}}, [override])
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["data.patch_size=[64,64,64]", "model.spatial_dims=2"], r"^data\.patch_size: .* but the run is 2D$"),
+    (["data.fold=5"], r"^data\.fold: 5 must be below data\.folds \(5\)$"),
+    (["data.num_classes=3"], r"^data\.num_classes: binary segmentation has 1 output channel"),
+    (["data.label_mode=multiclass", "data.num_classes=3", "model.num_classes=2"],
+     r"^model\.num_classes: 2 does not match the data's 3 output channels"),
+    (["data.label_mapping={WT: [1, 2, 4], TC: [1, 4]}"], r"regions need label_mode multilabel"),
+    (["loss.name=dice", "loss.losses=[{name: ce}]"], r"^loss: give either name .* or losses"),
+    (["loss.losses=[{weight: 1}]"], r"^loss\.losses\[0\]\.name: expected a loss name"),
+    (["train.best_metric=hd95"], r"^train\.best_metric: 'hd95' is not computed; add it to train\.val_"),
+    (["optim.param_groups=[{lr: 0.1}]"], r"^optim\.param_groups\[0\]\.match: missing \(required\)$"),
+    (["schedule.warmup_epochs=1", "schedule.warmup_iterations=5"], r"^schedule: give warmup_epochs or"),
+])
+def test_cross_field_rules(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_errors_are_medseg_errors_of_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epochs: [1, 2\n")
+    cases = [(bad, []), (tmp_path / "missing.yaml", []), (None, ["novalue"]), (None, ["=3"]),
+             (None, ["train.epochs=[1,"])]
+    for path, overrides in cases:
+        with pytest.raises(MedsegError) as info:
+            load_config(path, overrides)
+        assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"config file .*missing\.yaml not found"):
+        load_config(tmp_path / "missing.yaml")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match=r"list\.yaml: expected a mapping of sections, got list"):
+        load_config(listed)
+
+
+def test_an_empty_file_gives_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing\n")
+    assert load_config(path) == RunConfig()
+
+
+def test_save_and_load_round_trip_the_resolved_config(tmp_path: Path) -> None:
+    config = load_config(CONFIGS / "unet3d-hippocampus.yaml",
+                         ["optim.lr=3e-3", "data.label_mapping={1: 1, 2: 1}", "data.num_classes=2",
+                          "data.class_names=[bg, hippocampus]", "augmentation.elastic.enabled=true",
+                          "inference.mirror_axes=[0, 2]", "model.options.features=8"])
+    path = save_config(config, tmp_path / "run" / "config.yaml")
+    assert [p.name for p in path.parent.iterdir()] == ["config.yaml"]  # no temporary left
+    again = load_config(path)
+    assert again == config
+    assert again.data.label_mapping == {1: 1, 2: 1} and again.inference.mirror_axes == (0, 2)
+    plain = config_to_dict(config)
+    assert json.loads(json.dumps(plain)) == json.loads(json.dumps(yaml.safe_load(path.read_text())))
+    assert plain["augmentation"]["elastic"]["enabled"] is True and plain["data"]["patch_size"] == [40, 56, 40]
+
+
+def test_one_section_converts_alone() -> None:
+    inference = dataclass_from_dict(InferenceConfig, {"step": 0.25, "postprocess": {"fill_holes": True}},
+                                    "inference")
+    assert inference.step == 0.25 and inference.postprocess.fill_holes
+    assert dataclass_from_dict(InferenceConfig, config_to_dict(inference)) == inference
+    with pytest.raises(ConfigError, match=r"^inference\.postprocess\.min_component_voxels: must be >= 0"):
+        dataclass_from_dict(InferenceConfig, {"postprocess": {"min_component_voxels": -1}}, "inference")
+    classes = dataclass_from_dict(InferenceConfig, {"postprocess": {"largest_component": [1, 2]}})
+    assert classes.postprocess.largest_component == (1, 2)
+
+
+# --------------------------------------------------------------------------------- schedules
+
+
+def test_poly_cosine_step_and_constant_factors() -> None:
+    total = 100
+    poly = lr_factor_function(ScheduleConfig(name="poly", power=0.9), total)
+    assert [poly(t) for t in (0, 50, 100, 150)] == pytest.approx([1.0, 0.5**0.9, 0.0, 0.0])
+    cosine = lr_factor_function(ScheduleConfig(name="cosine", min_lr_factor=0.1), total)
+    assert [cosine(t) for t in (0, 50, 100)] == pytest.approx([1.0, 0.55, 0.1])
+    step = lr_factor_function(ScheduleConfig(name="step", step_size=2, gamma=0.5), total, steps_per_epoch=10)
+    assert [step(t) for t in (0, 19, 20, 45)] == pytest.approx([1.0, 1.0, 0.5, 0.25])
+    assert lr_factor_function(ScheduleConfig(name="constant"), total)(77) == 1.0
+
+
+def test_warmup_then_the_schedule_over_the_remaining_steps() -> None:
+    config = ScheduleConfig(name="poly", power=1.0, warmup_epochs=2, warmup_start_factor=0.2)
+    factor = lr_factor_function(config, total_steps=110, steps_per_epoch=5)  # 10 warm-up steps
+    assert [factor(t) for t in (0, 5, 10, 60, 110)] == pytest.approx([0.2, 0.6, 1.0, 0.5, 0.0])
+
+
+def test_the_factor_drives_lambda_lr_for_every_parameter_group() -> None:
+    encoder, decoder = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD([{"params": encoder.parameters(), "lr": 0.01},
+                                 {"params": decoder.parameters()}], lr=0.1)
+    factor = lr_factor_function(ScheduleConfig(name="poly"), total_steps=10)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+    expected = (1 - 4 / 10) ** 0.9
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01 * expected, 0.1 * expected])
+
+
+def test_a_registered_schedule_becomes_a_valid_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config_module, "_SCHEDULES", dict(config_module._SCHEDULES))
+    with pytest.raises(ConfigError, match="'triangle' is not one of"):
+        load_config(None, ["schedule.name=triangle"])
+
+    @register_schedule("triangle")
+    def triangle(config: ScheduleConfig, total_steps: int, steps_per_epoch: int):
+        period = config.options["period"]
+        return lambda step: 1 - abs(step % period - period / 2) / (period / 2)
+
+    config = load_config(None, ["schedule.name=triangle", "schedule.options.period=10"])
+    factor = lr_factor_function(config.schedule, 100)
+    assert [factor(t) for t in (0, 5, 10)] == pytest.approx([0.0, 1.0, 0.0])
+    with pytest.raises(ValueError, match="registered twice"):
+        register_schedule("triangle")(triangle)
+    assert math.isclose(lr_factor_function(ScheduleConfig(), 10)(0), 1.0)
+
+
+def test_postprocess_config_has_the_fields_of_postprocess_options() -> None:
+    from medseg.engine.postprocess import PostprocessOptions
+
+    config = load_config(None, ["inference.postprocess.fill_holes=[1]",
+                                "inference.postprocess.connectivity=2"])
+    options = PostprocessOptions(**vars(config.inference.postprocess))
+    assert options.fill_holes == (1,) and options.connectivity == 2
