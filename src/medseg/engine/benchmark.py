@@ -37,13 +37,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from medseg.engine.device import resolve_device
 from medseg.errors import InputSizeError, MedsegError
 from medseg.models.base import SegmentationModel, nearest_multiples
 from medseg.outputs import SegOutput
 from medseg.registry import alias_defaults, count_parameters, create_model, get_entry
 
 MIB = 2**20
-DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -262,18 +262,6 @@ def _tensor_bytes(model: nn.Module, *tensors: Tensor) -> int:
     return sum(t.numel() * t.element_size() for t in owned)
 
 
-def _check_device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        dev = None
-    if dev is None or dev.type not in DEVICES:
-        raise MedsegError(f"device must be one of {', '.join(DEVICES)}, got {str(device)!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MedsegError("device 'cuda' asked for, but CUDA is not available to torch")
-    return dev
-
-
 def _spatial_size(size: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
     sizes = (size,) * spatial_dims if isinstance(size, int) else tuple(size)
     if len(sizes) != spatial_dims or any(s < 1 for s in sizes):
@@ -324,7 +312,7 @@ def benchmark_model(model_or_name: nn.Module | str, *, spatial_dims: int, size: 
     if batch_size < 1 or repeats < 1 or warmup < 0:
         raise MedsegError(f"need batch_size >= 1, repeats >= 1 and warmup >= 0, got {batch_size}, "
                           f"{repeats} and {warmup}")
-    dev = _check_device(device)
+    dev = resolve_device(device)
     sizes = _spatial_size(size, spatial_dims)
     label, model = _prepare_model(model_or_name, spatial_dims, sizes, in_channels, num_classes, options, name)
     model = model.to(dev)

@@ -32,6 +32,7 @@ from medseg.data.geometry import DataError, Geometry
 from medseg.data.io import case_id, image_extension, lossless_mask_path, read_image, write_image, write_mask
 from medseg.data.preprocess import PreprocessedCase, Preprocessor
 from medseg.engine.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+from medseg.engine.device import resolve_device
 from medseg.engine.inference import (
     ensemble_predict,
     logits_to_labels,
@@ -362,17 +363,6 @@ def predict_case(models: Sequence[LoadedModel], case: Case, outputs: CaseOutputs
 # The command's function
 # ----------------------------------------------------------------------------------------------------
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` (CUDA when available), ``cpu`` or ``cuda`` (an error when CUDA is not available)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MedsegError(f"device {device!r} asked for, but CUDA is not available to torch")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise MedsegError(f"device {device!r}: expected auto, cpu or cuda")
-    return torch.device(device)
-
-
 def predict_paths(checkpoints: Sequence[str | Path], input: str | Path, output: str | Path, *,
                   tta: bool | None = None, step: float | None = None, save_probabilities: bool = False,
                   overlays: bool = True, postprocess: PostprocessOptions | None = None, device: str = "auto",
@@ -391,7 +381,7 @@ def predict_paths(checkpoints: Sequence[str | Path], input: str | Path, output: 
         device: ``auto``, ``cpu`` or ``cuda``.
         progress: a tqdm bar over the cases.
     """
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, key="--device")
     models = load_models(checkpoints, torch_device)
     settings = PredictSettings.from_record(models[0].inference)
     if tta is not None:

@@ -52,6 +52,7 @@ from medseg.engine.checkpoint import (
     unwrap_model,
 )
 from medseg.engine.config import LOWER_IS_BETTER, RunConfig, config_to_dict, lr_factor_function, save_config
+from medseg.engine.device import resolve_device
 from medseg.engine.distributed import (
     DistributedContext,
     all_reduce_sum,
@@ -71,7 +72,7 @@ from medseg.registry import create_model, model_info
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "resolve_device", "seed_everything", "train"]
+__all__ = ["TrainResult", "seed_everything", "train"]
 
 DEFAULT_PATCH_BATCHES = 250
 """Batches per epoch in patch mode when ``train.iterations_per_epoch`` is null (nnU-Net's 250)."""
@@ -99,16 +100,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str, ctx: DistributedContext | None = None) -> torch.device:
-    """``auto``: CUDA when available, else the CPU; ``cuda`` without a GPU is a one-line error. Under DDP
-    each rank takes GPU ``local_rank``."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MedsegError("train.device: cuda was requested but no GPU is available (use device=cpu or auto)")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", ctx.local_rank if ctx is not None else torch.cuda.current_device())
 
 
 def _amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -592,10 +583,10 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> 
     ``resume`` continues the run from its ``last.pt``. Under ``torchrun`` every rank calls this; the process
     group is joined here and left at the end. Bad settings and data raise :class:`MedsegError`.
     """
-    device_type = resolve_device(config.train.device).type
+    device_type = resolve_device(config.train.device, key="train.device").type
     ctx = init_distributed(device_type)
     try:
-        device = resolve_device(config.train.device, ctx)
+        device = resolve_device(config.train.device, ctx.local_rank, key="train.device")
         seed_everything(config.train.seed)
         paths = RunPaths.at(config.resolved_run_dir())
         if ctx.is_main:
