@@ -86,7 +86,8 @@ def main() -> None:
         load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
         for workers in (2, 1):
             seconds, command = timed_evaluate(pred, dataset, work / f"evaluation-{workers}", workers)
-            summary = json.loads((work / f"evaluation-{workers}" / "summary.json").read_text())
+            summary_file = work / f"evaluation-{workers}" / "summary.json"
+            summary = json.loads(summary_file.read_text(encoding="utf-8"))
             nan = sum(stats["nan"] for stats in summary["metrics"].values())
             rows.append([f"{summary['cases']}", f"{args.size}x{args.size}", str(len(summary["metrics"])),
                          str(workers), f"{seconds:.1f}", f"{summary['cases'] / seconds:.1f}", str(nan),

@@ -30,7 +30,7 @@ SHAPE = (512, 512, 400)
 def peak_rss_bytes() -> int:
     """This process's peak resident set size (``VmHWM``; ``ru_maxrss`` where /proc is missing)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     except OSError:

@@ -56,7 +56,7 @@ def test_benchmark_writes_the_table_file(tmp_path: Path, capsys: pytest.CaptureF
     out = tmp_path / "results" / "bench.md"
     assert main(benchmark_args(out)) == 0
     printed = capsys.readouterr().out
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     assert printed.strip() in text
     assert "- machine: CPU: " in text and "torch " in text and "threads" in text
     header = next(line for line in text.splitlines() if line.startswith("| model"))
@@ -73,7 +73,7 @@ def test_benchmark_skips_unsupported_dims_with_a_note(tmp_path: Path,
     out = tmp_path / "bench.md"
     assert main(benchmark_args(out, "--dims", "2", "3")) == 0
     assert f"{TINY}: skipped in 3D (supports 2D)" in capsys.readouterr().err
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     assert f"- {TINY}: skipped in 3D" in text
     assert "| 3D " not in text
 

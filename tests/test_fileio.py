@@ -13,7 +13,7 @@ def test_write_text_creates_folders_and_replaces(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b.md"
     write_text_atomically(target, "one")
     write_text_atomically(target, "two")
-    assert target.read_text() == "two"
+    assert target.read_text(encoding="utf-8") == "two"
     assert [p.name for p in target.parent.iterdir()] == ["b.md"]
 
 

@@ -63,7 +63,7 @@ def test_prepare_writes_arrays_locations_and_manifest(tmp_path: Path) -> None:
     assert label.dtype == np.uint8 and set(np.unique(label)) == {0, 2}
     assert abs(float(image.mean())) < 1e-4 and abs(float(image.std()) - 1) < 1e-3
     np.testing.assert_array_equal(cache.locations("case1")[2], np.argwhere(label[0] == 2))
-    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text(encoding="utf-8"))
     entry = manifest["cases"]["case1"]
     assert manifest["preprocessor"] == cache.preprocessor.to_dict()
     assert entry["classes"] == [2] and entry["image_shape"] == [1, 12, 16] and entry["spacing"] == [1.0, 1.0]

@@ -400,6 +400,6 @@ def test_real_hippocampus_decathlon() -> None:
     assert dataset.layout == DECATHLON and len(dataset.cases) == 208
     assert dataset.class_names == {0: "background", 1: "Anterior", 2: "Posterior"}
     assert dataset.channel_names == ["MRI"] and dataset.num_channels == 1
-    listed = json.loads((root / "dataset.json").read_text())["training"]
+    listed = json.loads((root / "dataset.json").read_text(encoding="utf-8"))["training"]
     assert {Path(e["image"]).name.removesuffix(".nii.gz") for e in listed} == set(dataset.case_ids)
     assert all(c.label == root / "labelsTr" / c.images[0].name for c in dataset.cases)

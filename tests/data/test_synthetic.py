@@ -209,7 +209,7 @@ def test_polyp_dataset_reads_back_through_the_real_readers(tmp_path: Path) -> No
 def test_lesion_dataset_reads_back_with_spacing_and_dataset_json(tmp_path: Path) -> None:
     spacing = (2.5, 1.0, 1.0)
     root = write_lesion_dataset(tmp_path / "lesions", n_cases=2, shape=VOLUME, spacing=spacing, seed=2)
-    meta = json.loads((root / "dataset.json").read_text())
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     assert meta["labels"] == {"background": 0, "lesion_a": 1, "lesion_b": 2}
     assert lesion_label_names(3) == meta["labels"]
     assert meta["channel_names"] == {"0": "MRI"} and meta["modality"] == {"0": "MRI"}
@@ -264,5 +264,5 @@ def test_new_parameters_regenerate_and_drop_stale_cases(tmp_path: Path) -> None:
     write_polyp_dataset(tmp_path, n_cases=2, size=SIZE, seed=1)
     assert sorted(p.name for p in (root / "images").iterdir()) == ["case_000.png", "case_001.png"]
     assert not np.array_equal(read_image(root / "images" / "case_000.png")[0], first)
-    assert json.loads((root / STAMP_NAME).read_text())["seed"] == 1
-    assert (root / "notes.txt").read_text() == "kept"
+    assert json.loads((root / STAMP_NAME).read_text(encoding="utf-8"))["seed"] == 1
+    assert (root / "notes.txt").read_text(encoding="utf-8") == "kept"

@@ -196,7 +196,8 @@ def test_save_and_load_round_trip_the_resolved_config(tmp_path: Path) -> None:
     assert again == config
     assert again.data.label_mapping == {1: 1, 2: 1} and again.inference.mirror_axes == (0, 2)
     plain = config_to_dict(config)
-    assert json.loads(json.dumps(plain)) == json.loads(json.dumps(yaml.safe_load(path.read_text())))
+    saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert json.loads(json.dumps(plain)) == json.loads(json.dumps(saved))
     assert plain["augmentation"]["elastic"]["enabled"] is True and plain["data"]["patch_size"] == [40, 56, 40]
 
 

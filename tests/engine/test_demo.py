@@ -40,12 +40,12 @@ def test_demo_pipeline_writes_predictions_and_report(tmp_path: Path) -> None:
     for path in (out / "evaluation" / "summary.json", out / "evaluation" / "report.html",
                  out / "evaluation" / "progress.png", out / "run" / "progress.png"):
         assert path.is_file(), path
-    val_ids = json.loads((out / "run" / "splits.json").read_text())[0]["val"]
+    val_ids = json.loads((out / "run" / "splits.json").read_text(encoding="utf-8"))[0]["val"]
     predicted = sorted(p.stem for p in (out / "predictions").glob("*.png"))
     assert predicted == sorted(val_ids) and len(val_ids) == 2
     assert read_mask(out / "predictions" / f"{val_ids[0]}.png")[0].shape == (1, 32, 32)
     assert (out / "predictions" / "overlays" / f"{val_ids[0]}.png").is_file()
-    summary = json.loads((out / "evaluation" / "summary.json").read_text())
+    summary = json.loads((out / "evaluation" / "summary.json").read_text(encoding="utf-8"))
     assert summary["cases"] == 2 and summary["metrics"]["dice"]["mean"] == pytest.approx(result.dice)
     assert trainer_module.Trainer.__name__ == "Trainer"  # the time budget is undone
     assert any("validation Dice" in line for line in result.lines())

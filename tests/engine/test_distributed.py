@@ -69,8 +69,8 @@ def test_two_gloo_ranks_stay_in_sync(tmp_path: Path, monkeypatch) -> None:
                                           depth=2).state_dict()
     assert all(torch.equal(p0[k], p1[k]) for k in p0)
     assert any(not torch.equal(p0[k], initial[k]) for k in p0)  # they did train
-    writes0 = json.loads((tmp_path / "writes0.json").read_text())
-    assert json.loads((tmp_path / "writes1.json").read_text()) == []
+    writes0 = json.loads((tmp_path / "writes0.json").read_text(encoding="utf-8"))
+    assert json.loads((tmp_path / "writes1.json").read_text(encoding="utf-8")) == []
     assert writes0.count("save_checkpoint") >= 2 and "_write_log" in writes0 and "plot_progress" in writes0
     for name in ("best.pt", "last.pt", "log.csv", "progress.png", "config.yaml", "splits.json"):
         assert (tmp_path / "run" / name).is_file()

@@ -49,7 +49,7 @@ def write_2d_cases(root: Path, n: int, size: int = 32) -> dict[str, tuple[np.nda
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as file:
+    with path.open(newline="", encoding="utf-8") as file:
         return list(csv.DictReader(file))
 
 
@@ -68,7 +68,7 @@ def test_2d_png_cases_give_the_long_csv_with_every_metric(tmp_path: Path) -> Non
     summary = evaluate_folders(tmp_path / "pred", tmp_path / "gt", progress=False)
     out = tmp_path / "pred" / "evaluation"
     assert summary.files == {n: out / n for n in ("metrics.csv", "summary.json", "report.html")}
-    header = (out / "metrics.csv").read_text().splitlines()[0]
+    header = (out / "metrics.csv").read_text(encoding="utf-8").splitlines()[0]
     assert header == "case,class,metric,value"
     rows = read_rows(out / "metrics.csv")
     assert len(rows) == 3 * len(METRIC_NAMES)
@@ -84,7 +84,7 @@ def test_summary_json_structure(tmp_path: Path) -> None:
     write_2d_cases(tmp_path, 2)
     evaluate_folders(tmp_path / "pred", tmp_path / "gt", out_dir=tmp_path / "out", metrics=FAST,
                      progress=False)
-    data = json.loads((tmp_path / "out" / "summary.json").read_text())
+    data = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
     assert data["cases"] == 2 and data["missing"] == [] and data["extra"] == []
     assert list(data["metrics"]) == FAST
     for stats in data["metrics"].values():
@@ -127,7 +127,7 @@ def test_missing_extra_and_size_mismatch_are_reported_not_fatal(tmp_path: Path) 
     assert list(summary.problems) == ["case_01"] and "size mismatch" in summary.problems["case_01"]
     assert "20x32" in summary.problems["case_01"] and "32x32" in summary.problems["case_01"]
     assert summary.data["cases"] == 1 and {r[0] for r in summary.rows} == {"case_00"}
-    data = json.loads(summary.files["summary.json"].read_text())
+    data = json.loads(summary.files["summary.json"].read_text(encoding="utf-8"))
     assert data["missing"] == ["case_02"] and data["extra"] == ["stray"] and "case_01" in data["problems"]
 
 
@@ -218,13 +218,13 @@ def test_process_pool_gives_the_same_rows(tmp_path: Path) -> None:
     single = evaluate_folders(tmp_path / "pred", tmp_path / "gt", out_dir=tmp_path / "b", metrics=FAST,
                               progress=False, workers=1)
     assert pooled.rows == single.rows
-    assert (tmp_path / "a" / "metrics.csv").read_text() == (tmp_path / "b" / "metrics.csv").read_text()
+    assert (tmp_path / "a" / "metrics.csv").read_bytes() == (tmp_path / "b" / "metrics.csv").read_bytes()
 
 
 def test_report_is_self_contained_and_names_the_worst_and_best_cases(tmp_path: Path) -> None:
     cases = write_2d_cases(tmp_path, 7)
     summary = evaluate_folders(tmp_path / "pred", tmp_path / "gt", metrics=FAST, progress=False)
-    text = summary.files["report.html"].read_text()
+    text = summary.files["report.html"].read_text(encoding="utf-8")
     assert text.count("data:image/png;base64,") == 1 + 7  # box plots + 5 worst + 2 remaining best
     assert "<link" not in text and "<script" not in text and 'src="http' not in text
     ranked = sorted(cases, key=lambda c: (summary.dice[c], c))

@@ -52,7 +52,7 @@ def test_run_writes_everything_and_learns(tmp_path: Path) -> None:
     run = tmp_path / "run"
     for name in ("best.pt", "last.pt", "log.csv", "progress.png", "config.yaml", "splits.json"):
         assert (run / name).is_file(), name
-    rows = list(csv.DictReader((run / "log.csv").open()))
+    rows = list(csv.DictReader((run / "log.csv").open(encoding="utf-8")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert {"train_loss", "val_dice", "lr", "time_s"} <= set(rows[0])
     assert result.epochs_run == 4 and result.best_score == max(float(r["val_dice"]) for r in rows)
@@ -66,7 +66,7 @@ def test_run_writes_everything_and_learns(tmp_path: Path) -> None:
     assert load_checkpoint(run / "best.pt")["training"] is None
     model = build_model_from_checkpoint(run / "best.pt")
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
-    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 4
+    assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["train"]["epochs"] == 4
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,7 +124,7 @@ def test_sigkill_mid_run_resumes_from_last_checkpoint(tmp_path: Path) -> None:
                              text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert load_checkpoint(last)["training"]["epoch"] == 4
-    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open(encoding="utf-8")))
     assert [int(r["epoch"]) for r in rows] == list(range(1, 5))
 
 
