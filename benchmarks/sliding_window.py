@@ -16,13 +16,15 @@ Rows (one run, one machine):
   time of the call (user + system, ``time.process_time``) with one torch thread (``--threads``), the
   smallest of the three runs of each. On this 2-core machine shared with other jobs the wall time of
   the same run varies by tens of percent and the CPU time of a single-threaded process by 10-20 %
-  (caches, no OpenMP spinning): the network dominates, so the ratio is within that noise; the inferer
-  row below isolates what each inferer adds.
+  (caches, no OpenMP spinning): the network dominates, so the ratio is within that noise. Hence also
+  the CPU time outside the network: each run minus the CPU time spent inside the model's calls (the
+  smallest over the runs), i.e. what the inferer itself adds, with the network's noise cancelled.
 - **inferer only**: the same comparison with a predictor that costs almost nothing (the window repeated
   into 3 channels) on the same volume with 96³ patches, in this process (the smallest CPU time of 5
   alternating runs): what each inferer adds around a network.
 - **512x512x400**: one channel, the same 3-class U-Net, CPU accumulation (``accumulate_device="cpu"``),
-  then the uint8 label map (``logits_to_labels``), in a subprocess: its peak RSS must stay below 4 GB.
+  then the uint8 label map (``logits_to_labels``), in a subprocess with torch's default threads: its
+  peak RSS must stay below 4 GB.
   The window step (``--big-step``, default 1.0 to bound the run time on a slow CPU; 0.5 is the
   default of ``medseg predict``) changes the number of windows, not what is allocated: the logits
   accumulator, the input and one window batch.
@@ -61,7 +63,7 @@ METHODS = ("ours", "monai")
 
 def rss_mib() -> float:
     """The current resident set size (VmRSS) of this process."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
@@ -104,28 +106,50 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
-def setup_compare(spec: dict) -> tuple[dict[str, Callable], torch.Tensor]:
-    """The two inferers around the seeded U-Net, warmed up on one window, and the seeded input."""
+class ClockedPredictor:
+    """A model that sums the CPU seconds spent inside its calls: the network's share of a run, so that
+    ``run - network`` is what the inferer itself costs (the network's run-to-run noise cancels)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.seconds = 0.0
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        start = time.process_time()
+        out = self.model(batch)
+        self.seconds += time.process_time() - start
+        return out
+
+
+def setup_compare(spec: dict) -> tuple[dict[str, Callable], torch.Tensor, ClockedPredictor]:
+    """The two inferers around the seeded U-Net (clocked), warmed up on one window, and the seeded input."""
     torch.set_num_threads(spec["threads"])
-    model = unet(spec["features"], spec["depth"])
-    runs = {m: inferer(m, model, spec["patch"], spec["batch"]) for m in spec["methods"]}
+    clock = ClockedPredictor(unet(spec["features"], spec["depth"]))
+    runs = {m: inferer(m, clock, spec["patch"], spec["batch"]) for m in spec["methods"]}
     x = torch.randn(1, 1, *SIZE, generator=torch.Generator().manual_seed(1))
     patch = spec["patch"]
     for run in runs.values():
         run(x[..., :patch, :patch, :patch].clone())
-    return runs, x
+    return runs, x, clock
+
+
+def clocked(clock: ClockedPredictor, fn: Callable[[], object]) -> dict[str, float]:
+    """CPU, wall and network CPU seconds of ``fn()``."""
+    clock.seconds = 0.0
+    cpu, wall = timed(fn)
+    return {"cpu_s": cpu, "wall_s": wall, "net_s": clock.seconds}
 
 
 def worker_compare(spec: dict) -> dict:
     """One plain run of one method in a fresh process: its peak RSS, time and output (saved)."""
     import monai.inferers  # noqa: F401  (both methods start from the same imports)
 
-    runs, x = setup_compare(spec)
+    runs, x, clock = setup_compare(spec)
     run = runs[spec["methods"][0]]
     base = rss_mib()
     logits: list[torch.Tensor] = []
-    cpu, wall = timed(lambda: logits.append(run(x)))
-    result = {"rss_before_mib": base, "rss_peak_mib": peak_rss_mib(), "cpu_s": cpu, "wall_s": wall}
+    result = {"rss_before_mib": base, **clocked(clock, lambda: logits.append(run(x))),
+              "rss_peak_mib": peak_rss_mib()}
     np.save(spec["save"], logits[0].numpy())
     return result
 
@@ -162,18 +186,18 @@ def compare_unet(args: argparse.Namespace, work: Path) -> dict:
     time)."""
     spec = {"features": args.features, "depth": args.depth, "patch": args.patch, "batch": args.batch,
             "threads": args.threads}
-    results: dict = {m: {"cpu_s": [], "wall_s": []} for m in METHODS}
+    results: dict = {m: {"cpu_s": [], "wall_s": [], "net_s": []} for m in METHODS}
     for method in METHODS:
         measured = in_subprocess("compare", {**spec, "methods": [method],
                                              "save": str(work / f"{method}.npy")})
         print(f"  {method} subprocess: {measured}", file=sys.stderr)
         results[method].update(rss_before_mib=measured["rss_before_mib"],
                                rss_peak_mib=measured["rss_peak_mib"])
-        results[method]["cpu_s"].append(measured["cpu_s"])
-        results[method]["wall_s"].append(measured["wall_s"])
+        for key in ("cpu_s", "wall_s", "net_s"):
+            results[method][key].append(measured[key])
     ours, theirs = np.load(work / "ours.npy", mmap_mode="r"), np.load(work / "monai.npy", mmap_mode="r")
     results["max_abs_diff"] = max(float(np.abs(ours[i] - theirs[i]).max()) for i in range(ours.shape[0]))
-    runs, x = setup_compare({**spec, "methods": METHODS})
+    runs, x, clock = setup_compare({**spec, "methods": METHODS})
     for profile in (False, True):
         for method, run in runs.items():
             peak: list[int] = []
@@ -184,13 +208,12 @@ def compare_unet(args: argparse.Namespace, work: Path) -> dict:
                 else:
                     run(x)
 
-            cpu, wall = timed(call)
-            results[method]["cpu_s"].append(cpu)
-            results[method]["wall_s"].append(wall)
+            measured = clocked(clock, call)
+            for key in ("cpu_s", "wall_s", "net_s"):
+                results[method][key].append(measured[key])
             if profile:
                 results[method]["tensor_peak_mib"] = peak[0] / MIB
-            print(f"  {method} {'profiled' if profile else 'plain'}: {cpu:.1f} s CPU, {wall:.1f} s",
-                  file=sys.stderr)
+            print(f"  {method} {'profiled' if profile else 'plain'}: {measured}", file=sys.stderr)
     return results
 
 
@@ -224,6 +247,8 @@ def table(args: argparse.Namespace, net: dict, only: dict[str, float], big: dict
     verdict = "ok" if big["rss_peak_mib"] < 4096 else "OVER"
     t_ours, t_monai = min(ours["cpu_s"]), min(theirs["cpu_s"])
     wall_ours, wall_monai = min(ours["wall_s"]), min(theirs["wall_s"])
+    own_ours = min(c - n for c, n in zip(ours["cpu_s"], ours["net_s"], strict=True))
+    own_monai = min(c - n for c, n in zip(theirs["cpu_s"], theirs["net_s"], strict=True))
     rss_ours, rss_monai = ours["rss_peak_mib"], theirs["rss_peak_mib"]
     up_ours, up_monai = rss_ours - ours["rss_before_mib"], rss_monai - theirs["rss_before_mib"]
     peak_ours, peak_monai = ours["tensor_peak_mib"], theirs["tensor_peak_mib"]
@@ -233,6 +258,8 @@ def table(args: argparse.Namespace, net: dict, only: dict[str, float], big: dict
         [f"{unet_name}: CPU time (s)", f"{t_ours:.1f}", f"{t_monai:.1f}", f"{ratio(t_monai, t_ours)} speed"],
         [f"{unet_name}: wall time (s)", f"{wall_ours:.1f}", f"{wall_monai:.1f}",
          f"{ratio(wall_monai, wall_ours)} speed"],
+        [f"{unet_name}: CPU time outside the network (s)", f"{own_ours:.2f}", f"{own_monai:.2f}",
+         f"{ratio(own_monai, own_ours)} speed"],
         [f"{unet_name}: peak RSS (MiB)", f"{rss_ours:.0f}", f"{rss_monai:.0f}", ratio(rss_ours, rss_monai)],
         [f"{unet_name}: RSS growth during the call (MiB)", f"{up_ours:.0f}", f"{up_monai:.0f}",
          ratio(up_ours, up_monai)],
@@ -289,7 +316,8 @@ def main() -> None:
         "in one process, plain and under torch.profiler (tensor peak)",
         f"- time: CPU time of the call with {args.threads} torch thread(s), the smallest of each method's "
         "3 runs (wall times on this shared machine vary by tens of percent); speed ratio = MONAI time / "
-        "our time; memory ratio = ours / MONAI",
+        "our time; outside the network: each run's CPU time minus the CPU time inside the model's calls; "
+        "memory ratio = ours / MONAI",
         "- 512x512x400: logits accumulated on the CPU, then the uint8 label map; peak RSS of the whole "
         "process (Python, torch and the 400 MiB input included)",
         f"- command: {command}", "", body, ""])

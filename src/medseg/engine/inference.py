@@ -84,15 +84,15 @@ def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float | Sequ
     scales = [float(sigma_scale)] * len(patch) if isinstance(sigma_scale, (int, float)) else list(sigma_scale)
     if len(scales) != len(patch) or any(s <= 0 for s in scales):
         raise MedsegError(f"sigma_scale must be positive, one value or one per axis, got {sigma_scale!r}")
-    weights = torch.ones((), dtype=torch.float64)
+    weights = torch.ones((), dtype=torch.float32, device=device)
     for p, scale in zip(patch, scales, strict=True):
         x = torch.arange(p, dtype=torch.float64) - (p - 1) / 2
-        weights = weights.unsqueeze(-1) * torch.exp(-(x**2) / (2 * (scale * p) ** 2))
-    weights = weights.to(torch.float32)
+        factor = torch.exp(-(x**2) / (2 * (scale * p) ** 2)).to(device=device, dtype=torch.float32)
+        weights = weights.unsqueeze(-1) * factor  # the outer product, in float32 like MONAI's
     if convention == "monai":
-        weights = weights.clamp(min=max(weights.min().item(), MONAI_MIN_WEIGHT))
+        weights.clamp_(min=max(weights.min().item(), MONAI_MIN_WEIGHT))
     else:
-        weights = weights / weights.max()
+        weights.div_(weights.max())
         zeros = weights == 0
         if zeros.any():
             weights[zeros] = weights[~zeros].min()
@@ -225,9 +225,10 @@ def _divide_by_weight_sum(logits_sum: Tensor, weights: Tensor, positions: Sequen
     row_bytes = 4 * math.prod(size[1:])
     thickness = max(1, min(size[0], SLAB_BYTES // row_bytes))
     rest_windows = [_window(c, patch[1:]) for c in itertools.product(*positions[1:])]
+    buffer = torch.empty((thickness, *size[1:]), dtype=weights.dtype, device=logits_sum.device)
     for start in range(0, size[0], thickness):
         stop = min(start + thickness, size[0])
-        slab = torch.zeros((stop - start, *size[1:]), dtype=weights.dtype, device=logits_sum.device)
+        slab = buffer[:stop - start].zero_()
         for first in positions[0]:
             lo, hi = max(start, first), min(stop, first + patch[0])
             if lo >= hi:
