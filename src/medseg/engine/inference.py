@@ -40,8 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medseg.errors import MedsegError
-from medseg.models.unet import check_choice
+from medseg.errors import MedsegError, check_choice
 from medseg.outputs import SegOutput, main_logits
 
 logger = logging.getLogger(__name__)

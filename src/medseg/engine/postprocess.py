@@ -24,8 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from medseg.errors import MedsegError
-from medseg.models.unet import check_choice
+from medseg.errors import MedsegError, check_choice
 
 LABEL_MODES = ("binary", "multiclass", "multilabel")
 

@@ -28,19 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, check_choice
 from medseg.outputs import SegOutput, main_logits
 
 MODES = ("auto", "binary", "multiclass", "multilabel")
 REDUCTIONS = ("mean", "sum", "none")
 LOG_EPS = 1e-7
-
-
-def check_choice(key: str, value: Any, allowed: Sequence[Any]) -> Any:
-    """Return ``value`` if it is one of ``allowed``, else raise a :class:`MedsegError` naming ``key``."""
-    if value not in allowed:
-        raise MedsegError(f"{key} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-    return value
 
 
 def check_keys(given: Iterable[str], allowed: Sequence[str], what: str) -> None:

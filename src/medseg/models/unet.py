@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from medseg import layers
 from medseg.blocks.conv import DoubleConv
 from medseg.blocks.heads import DeepSupervisionHeads, SegmentationHead
-from medseg.errors import InputSizeError, MedsegError
+from medseg.errors import InputSizeError, MedsegError, check_choice
 from medseg.models.base import SegmentationModel
 from medseg.outputs import SegOutput
 from medseg.registry import Reference, register_model
@@ -30,13 +30,6 @@ UPSAMPLINGS = ("transpose", "interpolate")
 
 SkipFactory = Callable[[int, int, int], nn.Module]
 """``factory(level, up_channels, skip_channels)`` -> a module ``fuse(up, skip)`` with ``out_channels``."""
-
-
-def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
-    """Return ``value`` if it is one of ``choices``, else raise an error naming the option."""
-    if value not in choices:
-        raise MedsegError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
 
 
 def level_widths(features: int | Sequence[int], depth: int) -> list[int]:
