@@ -31,6 +31,7 @@ from medseg.engine.benchmark import (
     markdown_table,
     resolve_target,
 )
+from medseg.engine.device import resolve_device
 from medseg.errors import MedsegError
 from medseg.fileio import write_text_atomically
 from medseg.metrics.case import METRIC_NAMES
@@ -175,8 +176,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     peer = resolve_target(args.peer).name if args.peer is not None else None
     jobs, notes = plan_benchmark([*args.models, *([args.peer] if peer else [])], args.dims, args.size,
                                  args.size_3d)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise MedsegError("--device cuda asked for, but CUDA is not available to torch")
+    resolve_device(args.device, key="--device")  # before any model is built
     out = args.out or Path("benchmarks/results") / f"benchmark-{args.device}-{machine_slug(args.device)}.md"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -384,7 +384,7 @@ class Trainer:
         self.net = wrap_model(model, ctx, device)
         if train.compile:
             self.net = torch.compile(self.net)
-        default_loss = model_info(config.model.name).get("default_loss") or "dicece"
+        default_loss = model_info(config.model.name)["default_loss"]  # every registered model names one
         self.loss_fn = build_loss(config.loss.build_spec(config.data.label_mode, default_loss))
         self.loader = build_train_loader(
             plan.cache, plan.train_ids, config.data.patch_size, config.data.batch_size,
