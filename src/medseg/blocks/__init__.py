@@ -1,5 +1,6 @@
 """Reusable network blocks, each for 2D and 3D (``spatial_dims`` in {2, 3})."""
 
+from medseg.blocks import context_residual, sdi, shifted_mlp, subtraction  # noqa: F401
 from medseg.blocks.attention import CBAM, ChannelAttention, NonLocalBlock, SpatialAttention, SqueezeExcitation
 from medseg.blocks.attention_gate import AttentionGate, MultiAttentionGate
 from medseg.blocks.context import ASPP, DenseASPP, DenseAtrousConv, PyramidPooling, ResidualMultiKernelPooling

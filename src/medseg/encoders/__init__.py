@@ -1,0 +1,17 @@
+"""Encoders: multi-level feature extractors with timm-compatible state-dict keys (imported: registered)."""
+
+from medseg.encoders import pvt_v2, res2net, resnet, vgg  # noqa: F401  (register the built-in encoders)
+from medseg.encoders.base import (
+    Encoder,
+    LoadReport,
+    adapt_input_conv,
+    create_encoder,
+    encoder_info,
+    list_encoders,
+    load_encoder_weights,
+    read_state_dict,
+    register_encoder,
+)
+
+__all__ = ["Encoder", "LoadReport", "adapt_input_conv", "create_encoder", "encoder_info", "list_encoders",
+           "load_encoder_weights", "read_state_dict", "register_encoder"]

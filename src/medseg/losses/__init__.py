@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from medseg.losses import conresnet, perceptual  # noqa: F401  (register)
 from medseg.losses.base import MODES, SegLoss, Targets, prepare_targets
 from medseg.losses.boundary import (
     BoundaryLoss,

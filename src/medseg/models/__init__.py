@@ -1,5 +1,6 @@
 """The model zoo: importing this package registers every model."""
 
+from medseg.models import conresnet, m2snet, unet_v2, unext  # noqa: F401  (register)
 from medseg.models.attention_unet import AttentionUNet
 from medseg.models.r2unet import R2UNet
 from medseg.models.unet import UNet, UNetDecoder, UNetEncoder

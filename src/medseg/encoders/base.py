@@ -1,0 +1,278 @@
+"""The encoder contract, the encoder registry and local weight loading.
+
+An :class:`Encoder` maps an image to a list of feature maps, finest first and coarsest last, and says
+their ``channels`` and ``reductions`` (input size / feature size). Its state-dict keys follow timm's
+names for the same network, so a weight file saved from timm (or converted by the encoder's
+:meth:`Encoder.convert_state_dict` from the original repository's layout) loads with
+:func:`load_encoder_weights`. Nothing is ever downloaded: weights come from a file the user names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from medseg.errors import MedsegError
+
+CLASSIFIER_PREFIXES = ("fc.", "head.", "classifier.", "pre_logits.", "last_linear.", "head_drop.")
+"""Keys of classification heads: present in ImageNet weight files, never part of an encoder."""
+
+
+class Encoder(nn.Module):
+    """A multi-level feature extractor.
+
+    Subclasses set ``spatial_dims``, ``channels`` (per returned level) and ``reductions`` (the input
+    extent divided by the level's extent, e.g. ``[2, 4, 8, 16, 32]`` for a ResNet), and
+    ``first_conv`` (the state-dict key of the stem's first convolution weight, adapted to
+    ``in_channels`` when weights are loaded). ``forward(x)`` returns ``len(channels)`` maps.
+    """
+
+    spatial_dims: int = 2
+    channels: list[int]
+    reductions: list[int]
+    first_conv: str | None = None
+    __jit_ignored_attributes__ = ["first_conv"]
+
+    @property
+    def input_multiple(self) -> int:
+        """Spatial input sizes must be multiples of this (the coarsest level's reduction)."""
+        return max(self.reductions)
+
+    def convert_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Map another key layout (e.g. the original repository's) to ours; default: unchanged."""
+        return state
+
+
+# ------------------------------------------------------------------------------------------ registry
+
+
+@dataclass(frozen=True)
+class EncoderEntry:
+    """What the registry knows about one encoder."""
+
+    name: str
+    builder: Callable[..., Encoder]
+    paper: str
+    dims: tuple[int, ...]
+    params: int | None = None
+    timm_name: str | None = None
+    aliases: tuple[str, ...] = ()
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+_ENCODERS: dict[str, EncoderEntry] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_encoder(name: str, *, paper: str, dims: Sequence[int] = (2,), params: int | None = None,
+                     timm_name: str | None = None, aliases: Sequence[str] = (),
+                     defaults: dict[str, Any] | None = None) -> Callable[[Callable[..., Encoder]],
+                                                                        Callable[..., Encoder]]:
+    """Decorator registering an encoder builder, called as ``builder(in_channels=, spatial_dims=,
+    **options)``. ``params`` is the reference parameter count (3 input channels, no classifier);
+    ``timm_name`` the timm model whose weight files load into it."""
+
+    def decorate(builder: Callable[..., Encoder]) -> Callable[..., Encoder]:
+        for key in (name, *aliases):
+            if key in _ENCODERS or key in _ALIASES:
+                raise ValueError(f"encoder name {key!r} is registered twice")
+        _ENCODERS[name] = EncoderEntry(name, builder, paper, tuple(dims), params, timm_name, tuple(aliases),
+                                       dict(defaults or {}))
+        for alias in aliases:
+            _ALIASES[alias] = name
+        return builder
+
+    return decorate
+
+
+def _ensure_encoders_imported() -> None:
+    import medseg.encoders  # noqa: F401  (registers the built-in encoders)
+
+
+def get_encoder_entry(name: str) -> EncoderEntry:
+    """The entry of ``name`` or an alias; unknown names suggest the closest registered ones."""
+    _ensure_encoders_imported()
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key in _ENCODERS:
+        return _ENCODERS[key]
+    known = sorted([*_ENCODERS, *_ALIASES])
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known encoders: {', '.join(known)}"
+    raise MedsegError(f"unknown encoder {name!r}{hint}")
+
+
+def list_encoders() -> list[str]:
+    """The registered encoder names, sorted (aliases not included)."""
+    _ensure_encoders_imported()
+    return sorted(_ENCODERS)
+
+
+def encoder_info(name: str) -> dict[str, Any]:
+    """Metadata of an encoder: paper, dims, reference parameter count, timm name, aliases."""
+    entry = get_encoder_entry(name)
+    return {"name": entry.name, "paper": entry.paper, "dims": list(entry.dims), "params": entry.params,
+            "timm_name": entry.timm_name, "aliases": list(entry.aliases)}
+
+
+def create_encoder(name: str, *, in_channels: int = 3, spatial_dims: int = 2,
+                   weights: str | Path | None = None, **options: Any) -> Encoder:
+    """Build a registered encoder; ``weights`` loads a local ``.pth``/``.pt``/``.safetensors`` file."""
+    entry = get_encoder_entry(name)
+    if spatial_dims not in entry.dims:
+        supported = " or ".join(str(d) for d in entry.dims)
+        raise MedsegError(f"encoder {entry.name!r} supports spatial_dims {supported}, got {spatial_dims!r}")
+    if in_channels < 1:
+        raise MedsegError(f"in_channels must be >= 1, got {in_channels}")
+    try:
+        encoder = entry.builder(in_channels=in_channels, spatial_dims=spatial_dims,
+                                **{**entry.defaults, **options})
+    except TypeError as exc:
+        if "unexpected keyword argument" in str(exc):
+            raise MedsegError(f"encoder {entry.name!r}: {exc}") from None
+        raise
+    if weights is not None:
+        load_encoder_weights(encoder, weights)
+    return encoder
+
+
+# ------------------------------------------------------------------------------------------ weight files
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+    "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+
+
+def read_safetensors(path: str | Path) -> dict[str, Tensor]:
+    """Read a ``.safetensors`` file (8-byte little-endian header length, JSON header, raw data) without
+    the ``safetensors`` package; BF16 tensors are widened through their 16 raw bits."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        (header_size,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + header_size])
+    except (struct.error, ValueError, UnicodeDecodeError) as exc:
+        raise MedsegError(f"{path}: not a safetensors file ({exc})") from None
+    base = 8 + header_size
+    tensors: dict[str, Tensor] = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        raw = data[base + start:base + end]
+        dtype = info["dtype"]
+        if dtype == "BF16":
+            bits = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16
+            array = bits.view(np.float32)
+        elif dtype in _SAFETENSORS_DTYPES:
+            array = np.frombuffer(raw, dtype=_SAFETENSORS_DTYPES[dtype])
+        else:
+            raise MedsegError(f"{path}: tensor {key!r} has unsupported dtype {dtype}")
+        tensors[key] = torch.from_numpy(array.copy()).reshape(info["shape"])
+    return tensors
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A flat ``{key: tensor}`` from a weight file: safetensors, or a torch file read with
+    ``weights_only=True`` (never unpickling code); ``state_dict``/``model`` wrappers and a ``module.``
+    prefix (DataParallel) are removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedsegError(f"{path}: weight file not found")
+    if path.suffix == ".safetensors":
+        state: Any = read_safetensors(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001  (any unreadable file becomes one clear line)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MedsegError(f"{path}: cannot read weights ({first})") from None
+    for wrapper in ("state_dict", "model", "model_state", "net"):
+        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise MedsegError(f"{path}: expected a mapping of tensor names to tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def adapt_input_conv(weight: Tensor, in_channels: int) -> Tensor:
+    """A first-conv weight ``[out, c, *k]`` made to take ``in_channels``: summed over ``c`` for one
+    channel, else repeated cyclically and rescaled by ``c / in_channels`` (so the response to an image
+    whose channels are equal keeps its scale)."""
+    channels = weight.shape[1]
+    if in_channels == channels:
+        return weight
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_channels // channels)
+    return weight.repeat(1, repeats, *[1] * (weight.dim() - 2))[:, :in_channels] * (channels / in_channels)
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_encoder_weights` did."""
+
+    loaded: int
+    classifier: list[str]
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[str]
+    adapted: list[str]
+
+
+def _preview(keys: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_encoder_weights(encoder: Encoder, path: str | Path, *, strict: bool = True) -> LoadReport:
+    """Load a local weight file into ``encoder``.
+
+    Classification-head keys (:data:`CLASSIFIER_PREFIXES`) are ignored; the first conv is adapted to
+    the encoder's input channels (:func:`adapt_input_conv`). With ``strict`` any other missing or
+    unexpected key, or any other shape mismatch, raises one :class:`MedsegError` naming the file and
+    the keys; without it, what matches is loaded and the rest reported in the returned
+    :class:`LoadReport`.
+    """
+    state = encoder.convert_state_dict(read_state_dict(path))
+    own = encoder.state_dict()
+    ignored = [k for k in state if k not in own and k.startswith(CLASSIFIER_PREFIXES)]
+    unexpected = [k for k in state if k not in own and k not in ignored]
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    adapted: list[str] = []
+    mismatched: list[str] = []
+    usable: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key not in own:
+            continue
+        target = own[key]
+        if value.shape != target.shape and key == encoder.first_conv and value.dim() == target.dim() \
+                and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
+            value = adapt_input_conv(value, target.shape[1])
+            adapted.append(key)
+        if value.shape != target.shape:
+            mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(target.shape)}")
+            continue
+        usable[key] = value.to(target.dtype)
+    if strict and (missing or unexpected or mismatched):
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} keys missing ({_preview(missing)})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected keys ({_preview(unexpected)})")
+        if mismatched:
+            problems.append(f"{len(mismatched)} shape mismatches ({_preview(mismatched)})")
+        raise MedsegError(f"{path}: does not fit encoder {type(encoder).__name__}: {'; '.join(problems)}")
+    encoder.load_state_dict(usable, strict=False)
+    return LoadReport(len(usable), ignored, missing, unexpected, mismatched, adapted)
