@@ -5,6 +5,7 @@ from medseg.encoders.base import (
     Encoder,
     LoadReport,
     adapt_input_conv,
+    build_encoder,
     create_encoder,
     encoder_info,
     list_encoders,
@@ -13,5 +14,5 @@ from medseg.encoders.base import (
     register_encoder,
 )
 
-__all__ = ["Encoder", "LoadReport", "adapt_input_conv", "create_encoder", "encoder_info", "list_encoders",
-           "load_encoder_weights", "read_state_dict", "register_encoder"]
+__all__ = ["Encoder", "LoadReport", "adapt_input_conv", "build_encoder", "create_encoder", "encoder_info",
+           "list_encoders", "load_encoder_weights", "read_state_dict", "register_encoder"]

@@ -144,6 +144,25 @@ def create_encoder(name: str, *, in_channels: int = 3, spatial_dims: int = 2,
     return encoder
 
 
+def build_encoder(encoder: str | Encoder, *, in_channels: int, spatial_dims: int,
+                  weights: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Encoder:
+    """The encoder of a model: a registered name (built with ``options`` and ``weights``) or a ready
+    :class:`Encoder` instance (checked against ``spatial_dims``). Models call this for their ``encoder``
+    option so that every model takes the same ``encoder`` / ``encoder_options`` / ``encoder_weights``."""
+    if isinstance(encoder, Encoder):
+        if options:
+            raise MedsegError("encoder_options apply to an encoder given by name, not to an instance")
+        if encoder.spatial_dims != spatial_dims:
+            raise MedsegError(f"the encoder is {encoder.spatial_dims}D but the model is {spatial_dims}D")
+        if weights is not None:
+            load_encoder_weights(encoder, weights)
+        return encoder
+    if not isinstance(encoder, str):
+        raise MedsegError(f"encoder must be a registered name or an Encoder, got {type(encoder).__name__}")
+    return create_encoder(encoder, in_channels=in_channels, spatial_dims=spatial_dims, weights=weights,
+                          **dict(options or {}))
+
+
 # ------------------------------------------------------------------------------------------ weight files
 
 _SAFETENSORS_DTYPES = {
