@@ -140,7 +140,7 @@ def test_format_table_has_the_columns_and_ratios_against_the_peer() -> None:
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     assert header == [*TABLE_COLUMNS, "latency vs a"]
     cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
-    assert cells[0][:8] == ["a", "2D", "1x1x64x64", "1.50", "2.50", "100.0", "10.0", "4.00"]
+    assert cells[0][:9] == ["a", "2D", "1x1x64x64", "1.50", "2.50", "100.0", "10.0", "100.0", "4.00"]
     assert [c[-1] for c in cells] == ["1.00x", "2.50x", "-", "1.00x"]
     assert format_table(rows).splitlines()[0].rstrip(" |").endswith("latency vs a")
 

@@ -61,6 +61,11 @@ class BenchmarkResult:
     device: str
 
     @property
+    def frames_per_s(self) -> float:
+        """Images (2D) or volumes (3D) per second of eval-mode inference: batch / latency (U-Net v2's FPS)."""
+        return self.batch_size / (self.latency_ms / 1000.0) if self.latency_ms > 0 else 0.0
+
+    @property
     def batch_size(self) -> int:
         return self.input_shape[0]
 
@@ -397,7 +402,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
 
 
 TABLE_COLUMNS = ("model", "dims", "input size", "params (M)", "GMACs", "peak memory (MiB)", "latency (ms)",
-                 "train throughput (samples/s)")
+                 "FPS", "train throughput (samples/s)")
 
 
 def _number(value: float) -> str:
@@ -429,9 +434,9 @@ def format_table(results: Sequence[BenchmarkResult], peer: str | None = None) ->
         ratio = f"{r.latency_ms / ref.latency_ms:.2f}x" if ref is not None and ref.latency_ms > 0 else "-"
         rows.append([r.model, f"{r.spatial_dims}D", "x".join(str(s) for s in r.input_shape),
                      _number(r.parameters / 1e6), _number(r.gmacs), f"{r.peak_memory_mib:.1f}",
-                     f"{r.latency_ms:.1f}", f"{r.train_samples_per_s:.2f}", ratio])
+                     f"{r.latency_ms:.1f}", f"{r.frames_per_s:.1f}", f"{r.train_samples_per_s:.2f}", ratio])
     headers = [*TABLE_COLUMNS, f"latency vs {peer}"]
-    return markdown_table(headers, rows, [False, False, False, *[True] * 6])
+    return markdown_table(headers, rows, [False, False, False, *[True] * 7])
 
 
 def _cpu_name() -> str:
