@@ -179,6 +179,8 @@ def read_safetensors(path: str | Path) -> dict[str, Tensor]:
     try:
         (header_size,) = struct.unpack("<Q", data[:8])
         header = json.loads(data[8:8 + header_size])
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
     except (struct.error, ValueError, UnicodeDecodeError) as exc:
         raise MedsegError(f"{path}: not a safetensors file ({exc})") from None
     base = 8 + header_size
@@ -186,17 +188,21 @@ def read_safetensors(path: str | Path) -> dict[str, Tensor]:
     for key, info in header.items():
         if key == "__metadata__":
             continue
-        start, end = info["data_offsets"]
-        raw = data[base + start:base + end]
-        dtype = info["dtype"]
-        if dtype == "BF16":
-            bits = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16
-            array = bits.view(np.float32)
-        elif dtype in _SAFETENSORS_DTYPES:
-            array = np.frombuffer(raw, dtype=_SAFETENSORS_DTYPES[dtype])
-        else:
+        dtype = info.get("dtype") if isinstance(info, dict) else None
+        if dtype != "BF16" and dtype not in _SAFETENSORS_DTYPES:
             raise MedsegError(f"{path}: tensor {key!r} has unsupported dtype {dtype}")
-        tensors[key] = torch.from_numpy(array.copy()).reshape(info["shape"])
+        try:
+            start, end = info["data_offsets"]
+            raw = data[base + start:base + end]
+            if len(raw) != end - start:
+                raise ValueError("the file ends before the tensor's data")
+            if dtype == "BF16":
+                array = (np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+            else:
+                array = np.frombuffer(raw, dtype=_SAFETENSORS_DTYPES[dtype])
+            tensors[key] = torch.from_numpy(array.copy()).reshape(info["shape"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise MedsegError(f"{path}: tensor {key!r} is malformed ({exc})") from None
     return tensors
 
 

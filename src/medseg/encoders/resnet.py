@@ -1,1 +1,129 @@
-"""(being written)"""
+"""ResNet-18/34/50 encoders (He et al. 2016, "Deep Residual Learning", Table 1), 2D and 3D.
+
+Module names follow timm's ``ResNet`` (``conv1``, ``bn1``, ``layer1``..``layer4`` of
+:class:`~medseg.blocks.residual.ResidualBlock` / :class:`~medseg.blocks.residual.BottleneckBlock`), so a
+timm or torchvision weight file loads key for key (``fc`` is ignored). Returned levels: the stem's ReLU
+output (1/2, before the max-pool) and the four stages (1/4, 1/8, 1/16, 1/32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from medseg import layers
+from medseg.blocks.residual import BottleneckBlock, ResidualBlock
+from medseg.encoders.base import Encoder, register_encoder
+from medseg.errors import MedsegError
+
+STAGE_WIDTHS = (64, 128, 256, 512)
+"""Base widths of the four stages (He et al. 2016, Table 1); bottleneck stages output 4x these."""
+
+
+def kaiming_init(module: nn.Module) -> None:
+    """He-normal (fan-out) conv weights and unit/zero norm affine, as timm's and the official ResNets."""
+    for m in module.modules():
+        if any(p.is_meta for p in m.parameters(recurse=False)):
+            continue  # nothing to initialise (and normal_ on meta tensors is slow the first time)
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class ResNetEncoder(Encoder):
+    """A ResNet trunk returning five levels ``[stem, layer1, layer2, layer3, layer4]``.
+
+    Subclasses change the stem (:meth:`make_stem`) and the residual unit (:meth:`make_block`); the
+    stage layout (first block of stages 2-4 strided) is shared.
+
+    Args:
+        in_channels: input image channels.
+        spatial_dims: 2 or 3 (3D: the same layout with cubic kernels).
+        depths: blocks per stage, e.g. ``(3, 4, 6, 3)``.
+        bottleneck: bottleneck units (output = width * 4) instead of basic units.
+        widths: base widths of the four stages.
+        stem_width: output channels of the 7x7 stem conv.
+    """
+
+    expansion_bottleneck = 4
+
+    def __init__(self, in_channels: int = 3, spatial_dims: int = 2, depths: Sequence[int] = (2, 2, 2, 2),
+                 bottleneck: bool = False, widths: Sequence[int] = STAGE_WIDTHS,
+                 stem_width: int = 64) -> None:
+        super().__init__()
+        layers.check_spatial_dims(spatial_dims)
+        if len(widths) != 4 or len(depths) != 4:
+            raise MedsegError(f"ResNet widths and depths need 4 values each, got {list(widths)} and "
+                              f"{list(depths)}")
+        if min(depths) < 1 or min(widths) < 1 or stem_width < 1:
+            raise MedsegError("ResNet widths, depths and stem_width must be positive")
+        self.spatial_dims = spatial_dims
+        self.bottleneck = bottleneck
+        stem_out = self.make_stem(spatial_dims, in_channels, stem_width)
+        self.maxpool = layers.max_pool(spatial_dims, 3, 2, padding=1)
+        channels = [stem_out]
+        in_ch = stem_out
+        for index, (width, depth) in enumerate(zip(widths, depths, strict=True)):
+            blocks = []
+            for b in range(depth):
+                stride = 2 if index > 0 and b == 0 else 1
+                blocks.append(self.make_block(spatial_dims, in_ch, width, stride, first=b == 0))
+                in_ch = width * (self.expansion_bottleneck if bottleneck else 1)
+            self.add_module(f"layer{index + 1}", nn.Sequential(*blocks))
+            channels.append(in_ch)
+        self.channels = channels
+        self.reductions = [2, 4, 8, 16, 32]
+        kaiming_init(self)
+
+    def make_stem(self, spatial_dims: int, in_channels: int, stem_width: int) -> int:
+        """The 7x7 stride-2 conv, BN and ReLU (timm's ``conv1``/``bn1``/``act1``); returns its channels."""
+        self.conv1 = layers.conv(spatial_dims, in_channels, stem_width, 7, 2, padding=3, bias=False)
+        self.bn1 = layers.norm("batch", spatial_dims, stem_width)
+        self.act1 = layers.activation("relu")
+        self.first_conv = "conv1.weight"
+        return stem_width
+
+    def make_block(self, spatial_dims: int, in_channels: int, width: int, stride: int,
+                   first: bool) -> nn.Module:
+        """One residual unit of a stage (``first``: the stage's first block)."""
+        if self.bottleneck:
+            return BottleneckBlock(spatial_dims, in_channels, width, stride)
+        return ResidualBlock(spatial_dims, in_channels, width, stride)
+
+    def stem(self, x: Tensor) -> Tensor:
+        return self.act1(self.bn1(self.conv1(x)))
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x0 = self.stem(x)
+        x1 = self.layer1(self.maxpool(x0))
+        x2 = self.layer2(x1)
+        x3 = self.layer3(x2)
+        x4 = self.layer4(x3)
+        return [x0, x1, x2, x3, x4]
+
+
+_PAPER = "He et al. 2016, Deep Residual Learning for Image Recognition"
+
+
+@register_encoder("resnet18", paper=_PAPER, dims=(2, 3), params=11_176_512, timm_name="resnet18")
+def resnet18(in_channels: int = 3, spatial_dims: int = 2, **options: object) -> ResNetEncoder:
+    """ResNet-18: basic units, depths (2, 2, 2, 2); channels [64, 64, 128, 256, 512]."""
+    options = {"depths": (2, 2, 2, 2), **options}
+    return ResNetEncoder(in_channels, spatial_dims, bottleneck=False, **options)  # type: ignore[arg-type]
+
+
+@register_encoder("resnet34", paper=_PAPER, dims=(2, 3), params=21_284_672, timm_name="resnet34")
+def resnet34(in_channels: int = 3, spatial_dims: int = 2, **options: object) -> ResNetEncoder:
+    """ResNet-34: basic units, depths (3, 4, 6, 3); channels [64, 64, 128, 256, 512]."""
+    options = {"depths": (3, 4, 6, 3), **options}
+    return ResNetEncoder(in_channels, spatial_dims, bottleneck=False, **options)  # type: ignore[arg-type]
+
+
+@register_encoder("resnet50", paper=_PAPER, dims=(2, 3), params=23_508_032, timm_name="resnet50")
+def resnet50(in_channels: int = 3, spatial_dims: int = 2, **options: object) -> ResNetEncoder:
+    """ResNet-50: bottleneck units, depths (3, 4, 6, 3); channels [64, 256, 512, 1024, 2048]."""
+    options = {"depths": (3, 4, 6, 3), **options}
+    return ResNetEncoder(in_channels, spatial_dims, bottleneck=True, **options)  # type: ignore[arg-type]
