@@ -17,5 +17,6 @@ from medseg.encoders.res2net import Res2NetEncoder
 from medseg.encoders.resnet import ResNetEncoder
 from medseg.encoders.vgg import VGGEncoder
 
-__all__ = ["Encoder", "LoadReport", "Res2NetEncoder", "ResNetEncoder", "VGGEncoder", "adapt_input_conv", "build_encoder", "create_encoder", "encoder_info",
-           "list_encoders", "load_encoder_weights", "read_state_dict", "register_encoder"]
+__all__ = ["Encoder", "LoadReport", "Res2NetEncoder", "ResNetEncoder", "VGGEncoder", "adapt_input_conv",
+           "build_encoder", "create_encoder", "encoder_info", "list_encoders", "load_encoder_weights",
+           "read_state_dict", "register_encoder"]
