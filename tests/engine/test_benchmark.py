@@ -41,6 +41,20 @@ def test_macs_of_grouped_and_transposed_convs(spatial_dims: int) -> None:
     assert count_macs(up, x) == 6**spatial_dims * 2**spatial_dims * 8 * 4
 
 
+class _Attention(nn.Module):
+    """Multi-head attention of 4096 queries over 64 keys (PVT-v2's first stage at 256x256)."""
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        kv = q[:, :, :64]
+        return nn.functional.scaled_dot_product_attention(q, kv, kv)
+
+
+def test_macs_of_cpu_attention_count_both_products() -> None:
+    # Q·Kᵀ and softmax·V: each heads x queries x keys x head-dim multiply-accumulates
+    q = torch.randn(1, 2, 4096, 32)
+    assert count_macs(_Attention(), q) == 2 * 2 * 4096 * 64 * 32
+
+
 def test_benchmark_gmacs_of_one_conv_match_the_hand_count() -> None:
     conv = nn.Conv2d(1, 4, 3, padding=1)
     result = benchmark_model(conv, spatial_dims=2, size=16, batch_size=2, warmup=0, repeats=1)

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from medseg.engine.device import resolve_device
 from medseg.errors import InputSizeError, MedsegError
@@ -164,6 +164,16 @@ def check_dims(target: BenchmarkTarget, spatial_dims: int) -> None:
 # The measurements
 # ----------------------------------------------------------------------------------------------------
 
+def _cpu_attention_flops(query_shape: Sequence[int], key_shape: Sequence[int], value_shape: Sequence[int],
+                         *args: Any, **kwargs: Any) -> int:
+    """FLOPs of the CPU fused attention kernel (``Q·Kᵀ`` and ``softmax·V``), which FlopCounterMode does not
+    know: without it, attention (PVT-v2, transformers) would count nothing on the CPU."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+_EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+
+
 def count_macs(model: nn.Module, x: Tensor) -> int:
     """Multiply-accumulates of ``model(x)`` (eval, no_grad) = FlopCounterMode's total / 2.
 
@@ -171,7 +181,7 @@ def count_macs(model: nn.Module, x: Tensor) -> int:
     """
     was_training = model.training
     model.eval()
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
     try:
         with torch.no_grad(), counter:
             model(x)
