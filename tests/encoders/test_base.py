@@ -17,6 +17,7 @@ from medseg.encoders.base import (
     build_encoder,
     create_encoder,
     encoder_info,
+    for_dims,
     get_encoder_entry,
     list_encoders,
     load_encoder_weights,
@@ -422,3 +423,20 @@ def test_malformed_safetensors_names_path(tmp_path: Path, make) -> None:  # noqa
     path = make(tmp_path / "broken.safetensors")
     with pytest.raises(MedsegError, match=r"broken\.safetensors"):
         read_state_dict(path)
+
+
+def test_for_dims_picks_per_dims_values() -> None:
+    assert for_dims({2: "a", 3: "b"}, 3) == "b"
+    assert for_dims({"2": {"x": 1}}, 2) == {"x": 1}
+    assert for_dims({"depths": 1}, 2) == {"depths": 1}
+    with pytest.raises(MedsegError, match="spatial_dims 3"):
+        for_dims({2: "a"}, 3)
+
+
+def test_build_encoder_takes_the_default_and_options_keyed_by_dims() -> None:
+    options = {2: {"widths": (4, 8, 16, 32), "stem_width": 4}, 3: {"widths": (2, 4, 8, 16), "stem_width": 2}}
+    encoder = build_encoder(None, in_channels=1, spatial_dims=3, options=options,
+                            default={2: "resnet34", 3: "resnet18"})
+    assert encoder.spatial_dims == 3 and encoder.channels == [2, 2, 4, 8, 16]
+    with pytest.raises(MedsegError, match="no default encoder"):
+        build_encoder(None, in_channels=1, spatial_dims=2)

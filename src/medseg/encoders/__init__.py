@@ -1,6 +1,5 @@
 """Encoders: multi-level feature extractors with timm-compatible state-dict keys (imported: registered)."""
 
-from medseg.encoders import pvt_v2, res2net, resnet, vgg  # noqa: F401  (register the built-in encoders)
 from medseg.encoders.base import (
     Encoder,
     LoadReport,
@@ -8,15 +7,17 @@ from medseg.encoders.base import (
     build_encoder,
     create_encoder,
     encoder_info,
+    for_dims,
     list_encoders,
     load_encoder_weights,
     read_state_dict,
     register_encoder,
 )
+from medseg.encoders.pvt_v2 import PVTv2Encoder
 from medseg.encoders.res2net import Res2NetEncoder
 from medseg.encoders.resnet import ResNetEncoder
 from medseg.encoders.vgg import VGGEncoder
 
-__all__ = ["Encoder", "LoadReport", "Res2NetEncoder", "ResNetEncoder", "VGGEncoder", "adapt_input_conv",
-           "build_encoder", "create_encoder", "encoder_info", "list_encoders", "load_encoder_weights",
-           "read_state_dict", "register_encoder"]
+__all__ = ["Encoder", "LoadReport", "PVTv2Encoder", "Res2NetEncoder", "ResNetEncoder", "VGGEncoder",
+           "adapt_input_conv", "build_encoder", "create_encoder", "encoder_info", "for_dims", "list_encoders",
+           "load_encoder_weights", "read_state_dict", "register_encoder"]

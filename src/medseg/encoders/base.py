@@ -144,11 +144,32 @@ def create_encoder(name: str, *, in_channels: int = 3, spatial_dims: int = 2,
     return encoder
 
 
-def build_encoder(encoder: str | Encoder, *, in_channels: int, spatial_dims: int,
-                  weights: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Encoder:
+def for_dims(value: Any, spatial_dims: int) -> Any:
+    """``value`` itself, or its entry for ``spatial_dims`` when it is a mapping keyed by dims
+    (``{2: ..., 3: ...}``; YAML's ``"2"``/``"3"`` keys work too)."""
+    if isinstance(value, Mapping) and value and all(str(k) in ("2", "3") for k in value):
+        picked = {str(k): v for k, v in value.items()}
+        if str(spatial_dims) not in picked:
+            raise MedsegError(f"no entry for spatial_dims {spatial_dims} in {dict(value)}")
+        return picked[str(spatial_dims)]
+    return value
+
+
+def build_encoder(encoder: str | Encoder | Mapping[Any, Any] | None, *, in_channels: int, spatial_dims: int,
+                  weights: str | Path | None = None, options: Mapping[str, Any] | None = None,
+                  default: Mapping[int, str] | None = None) -> Encoder:
     """The encoder of a model: a registered name (built with ``options`` and ``weights``) or a ready
     :class:`Encoder` instance (checked against ``spatial_dims``). Models call this for their ``encoder``
-    option so that every model takes the same ``encoder`` / ``encoder_options`` / ``encoder_weights``."""
+    option so that every model takes the same ``encoder`` / ``encoder_options`` / ``encoder_weights``.
+
+    ``encoder`` and ``options`` may be keyed by dims (:func:`for_dims`), so one set of options serves a
+    model's 2D and 3D forms; ``encoder=None`` takes the model's ``default`` name for ``spatial_dims``."""
+    if encoder is None:
+        if default is None or spatial_dims not in default:
+            raise MedsegError(f"no encoder given and no default encoder for spatial_dims {spatial_dims}")
+        encoder = default[spatial_dims]
+    encoder = for_dims(encoder, spatial_dims)
+    options = for_dims(options, spatial_dims)
     if isinstance(encoder, Encoder):
         if options:
             raise MedsegError("encoder_options apply to an encoder given by name, not to an instance")
