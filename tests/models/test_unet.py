@@ -156,3 +156,27 @@ def test_valid_padding_exports() -> None:
     x = torch.randn(1, 1, 20, 20)
     program = torch.export.export(model, (x,))
     assert torch.allclose(program.module()(x), model(x))
+
+
+def test_sdi_skip_option_shapes_and_widths() -> None:
+    from medseg.blocks.sdi import SemanticDetailSkips
+    from medseg.models.unet import UNet as _UNet
+
+    for dims in (2, 3):
+        model = _UNet(dims, 1, 2, depth=2, features=4, skip="sdi", sdi_channels=3).eval()
+        assert isinstance(model.skips, SemanticDetailSkips)
+        assert len(model.skips.infusion) == 2  # one SDI per skip level, none for the bottleneck
+        x = torch.randn(1, 1, *[8] * dims)
+        with torch.no_grad():
+            assert model(x).shape == (1, 2, *[8] * dims)
+        # the decoder's first conv sees up (4 or 8 channels) + the 3-channel SDI skip
+        assert model.decoder.levels[-1].conv[0].conv.in_channels == 4 + 3
+
+
+def test_concat_skip_is_the_default_and_bad_skip_raises() -> None:
+    from medseg.errors import MedsegError
+    from medseg.models.unet import UNet as _UNet
+
+    assert _UNet(2, 1, 1, depth=2, features=4).skips is None
+    with pytest.raises(MedsegError, match="skip"):
+        _UNet(2, 1, 1, depth=2, features=4, skip="sum")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from medseg.encoders.base import Encoder
 from medseg.errors import MedsegError
 from medseg.models.unetpp import UNetPlusPlus
 from medseg.outputs import SegOutput
@@ -90,3 +91,34 @@ def test_prune_level_is_checked() -> None:
 def test_interpolation_upsampling() -> None:
     model = UNetPlusPlus(3, 2, 3, depth=2, features=4, upsample="interpolate").eval()
     assert model(torch.randn(1, 2, 8, 8, 12)).shape == (1, 3, 8, 8, 12)
+
+
+class _StandInEncoder(Encoder):
+    """Levels at 1/2, 1/4, 1/8 with widths 3, 5, 7."""
+
+    def __init__(self, reductions: tuple[int, ...] = (2, 4, 8)) -> None:
+        super().__init__()
+        self.channels, self.reductions = [3, 5, 7], list(reductions)
+        self.convs = nn.ModuleList(nn.Conv2d(i, o, 3, stride=2, padding=1)
+                                   for i, o in ((2, 3), (3, 5), (5, 7)))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for conv in self.convs:
+            x = conv(x)
+            out.append(x)
+        return out
+
+
+def test_unetpp_over_an_encoder() -> None:
+    model = UNetPlusPlus(2, 2, 4, encoder=_StandInEncoder(), deep_supervision=True).train()
+    assert model.depth == 2 and model.input_multiple == 8
+    out = model(torch.randn(1, 2, 16, 16))
+    assert out.logits.shape == (1, 4, 16, 16)  # resized from the 1/2 level to the input
+    assert [tuple(a.shape) for a in out.aux] == [(1, 4, 16, 16)] * 2
+    assert model.diagonals[2].nodes[0].conv[0].conv.in_channels == 2 * 5  # X(1,1): [X(1,0), U(X(2,0))]
+
+
+def test_unetpp_refuses_non_halving_encoder() -> None:
+    with pytest.raises(MedsegError, match="halve"):
+        UNetPlusPlus(2, 2, 1, encoder=_StandInEncoder((2, 4, 16)))

@@ -7,7 +7,9 @@ network with ``spatial_dims=3`` (the paper uses three down-samplings: ``depth=3`
 
 The pieces are public so that other networks can reuse them: :class:`UNetEncoder` (multi-level
 features, coarsest last), :class:`UpConvolution`, :class:`ConcatSkip` (the skip combination, which a
-``skip_factory`` can replace) and :class:`UNetDecoder`.
+``skip_factory`` can replace) and :class:`UNetDecoder`. ``skip="sdi"`` replaces the plain skips by
+U-Net v2's semantics and detail infusion (:class:`medseg.blocks.sdi.SemanticDetailSkips`), which reads
+all encoder levels at once, before the decoder.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import Tensor, nn
 from medseg import layers
 from medseg.blocks.conv import DoubleConv
 from medseg.blocks.heads import DeepSupervisionHeads, SegmentationHead
+from medseg.blocks.sdi import SemanticDetailSkips
 from medseg.errors import InputSizeError, MedsegError, check_choice
 from medseg.models.base import SegmentationModel
 from medseg.outputs import SegOutput
@@ -27,6 +30,7 @@ from medseg.registry import Reference, register_model
 
 PADDINGS = ("same", "valid")
 UPSAMPLINGS = ("transpose", "interpolate")
+SKIPS = ("concat", "sdi")
 
 SkipFactory = Callable[[int, int, int], nn.Module]
 """``factory(level, up_channels, skip_channels)`` -> a module ``fuse(up, skip)`` with ``out_channels``."""
@@ -137,19 +141,23 @@ class UNetDecoder(nn.Module):
 
     Level ``i`` up-samples the output of level ``i + 1`` (the bottleneck feature for the deepest level)
     to ``channels[i]`` channels and combines it with encoder feature ``i`` through
-    ``skip_factory(i, channels[i], channels[i])`` (default :class:`ConcatSkip`). ``forward`` returns the
-    decoder outputs finest first (``len(channels) - 1`` maps).
+    ``skip_factory(i, channels[i], skip_channels[i])`` (default :class:`ConcatSkip`; ``skip_channels``
+    defaults to ``channels[:-1]``). ``forward`` returns the decoder outputs finest first
+    (``len(channels) - 1`` maps).
     """
 
     def __init__(self, spatial_dims: int, channels: Sequence[int], padding: str = "same",
                  norm: str | None = "batch", act: str | None = "relu", upsample: str = "transpose",
-                 skip_factory: SkipFactory | None = None) -> None:
+                 skip_factory: SkipFactory | None = None, skip_channels: Sequence[int] | None = None) -> None:
         super().__init__()
         factory = skip_factory or concat_skip
         self.channels = list(channels[:-1])
+        skips = list(self.channels if skip_channels is None else skip_channels)
+        if len(skips) != len(self.channels):
+            raise MedsegError(f"skip_channels {skips}: expected {len(self.channels)} widths")
         self.levels = nn.ModuleList(
-            UNetDecoderLevel(spatial_dims, channels[i + 1], channels[i], channels[i],
-                             factory(i, channels[i], channels[i]), padding, norm, act, upsample)
+            UNetDecoderLevel(spatial_dims, channels[i + 1], skips[i], channels[i],
+                             factory(i, channels[i], skips[i]), padding, norm, act, upsample)
             for i in reversed(range(len(channels) - 1)))
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
@@ -181,13 +189,21 @@ class UNet(SegmentationModel):
         deep_supervision: add 1x1 heads on the decoder levels below the finest; in train mode the forward
             returns ``SegOutput(logits, aux)`` with those maps resized to the logits' size, finest first.
         skip_factory: replaces the skip combination (see :data:`SkipFactory`), default concatenation.
+        skip: ``concat`` (the encoder features are the skips) or ``sdi``: the skips are U-Net v2's
+            semantics and detail infusion over all encoder levels, bottleneck included (Peng et al.
+            2023, Fig. 2: attention, 1x1 conv + BN to ``sdi_channels``, one SDI per skip level), then
+            combined by ``skip_factory`` as usual.
+        sdi_channels: width c of the SDI skips (default: the first level's width).
+        sdi_attention: the CBAM channel/spatial attention before the 1x1 convs of the SDI skips.
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, num_classes: int, depth: int = 4,
                  features: int | Sequence[int] = 64, padding: str = "same", norm: str | None = "batch",
                  act: str | None = "relu", upsample: str = "transpose", dropout: float = 0.0,
-                 deep_supervision: bool = False, skip_factory: SkipFactory | None = None) -> None:
+                 deep_supervision: bool = False, skip_factory: SkipFactory | None = None,
+                 skip: str = "concat", sdi_channels: int | None = None, sdi_attention: bool = True) -> None:
         super().__init__()
+        check_choice("skip", skip, SKIPS)
         if deep_supervision and depth < 2:
             raise MedsegError("deep_supervision needs depth >= 2 (a decoder level below the finest)")
         if not isinstance(features, int):  # explicit level widths: the depth follows from them
@@ -197,15 +213,25 @@ class UNet(SegmentationModel):
         self.padding = check_choice("padding", padding, PADDINGS)
         self.input_multiple = 2**depth
         self.encoder = UNetEncoder(spatial_dims, in_channels, features, depth, padding, norm, act, dropout)
-        self.decoder = UNetDecoder(spatial_dims, self.encoder.channels, padding, norm, act, upsample,
-                                   skip_factory)
+        widths = self.encoder.channels
+        self.skips: SemanticDetailSkips | None = None
+        skip_channels = None
+        if skip == "sdi":
+            c = sdi_channels or widths[0]
+            self.skips = SemanticDetailSkips(spatial_dims, widths, c, sdi_attention, targets=range(depth))
+            skip_channels = [c] * depth
+        self.decoder = UNetDecoder(spatial_dims, widths, padding, norm, act, upsample, skip_factory,
+                                   skip_channels)
         self.head = SegmentationHead(spatial_dims, self.encoder.channels[0], num_classes)
         self.aux_heads = (DeepSupervisionHeads(spatial_dims, self.decoder.channels[1:], num_classes)
                           if deep_supervision else None)
 
     def forward(self, x: Tensor) -> Tensor | SegOutput:
         self.check_input(x)
-        decoded = self.decoder(self.encoder(x))
+        features = self.encoder(x)
+        if self.skips is not None:  # SDI reads every level at once: skips first, bottleneck last
+            features = [*self.skips(features), features[-1]]
+        decoded = self.decoder(features)
         logits = self.head(decoded[0])
         if self.training and self.aux_heads is not None:
             return SegOutput(logits, aux=self.aux_heads(decoded[1:], output_size=logits.shape[2:]))

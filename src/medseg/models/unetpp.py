@@ -8,7 +8,9 @@ with H two 3x3 conv-ReLU layers and U a 2x up-convolution. Deep supervision puts
 of X(0,1..L); at inference their maps are averaged ("accurate mode") or the network is pruned to
 UNet++ L^l, which runs only the nodes X(i,j) with i + j <= l and reads the head of X(0,l) ("fast mode").
 Widths, transposed up-convolutions and head placement follow the official code
-(MrGiovanni/UNetPlusPlus, ``keras/helper_functions.py``).
+(MrGiovanni/UNetPlusPlus, ``keras/helper_functions.py``). With ``encoder=`` the backbone nodes X(i,0)
+are the levels of a registered :class:`~medseg.encoders.Encoder` instead (e.g. U-Net v2's "UNet++ with
+the PVT encoder" ablation).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from medseg import layers
 from medseg.blocks.conv import DoubleConv
 from medseg.blocks.heads import DeepSupervisionHeads, SegmentationHead
+from medseg.encoders.base import Encoder, build_encoder
 from medseg.errors import MedsegError
 from medseg.models.base import SegmentationModel
 from medseg.models.unet import UNetEncoder, UpConvolution
@@ -76,25 +80,44 @@ class UNetPlusPlus(SegmentationModel):
         prune_level: in eval mode, run only UNet++ L^l and return the head of X(0,l) (1..L; levels
             below L need ``deep_supervision``). ``None`` (default) averages all heads. Training always
             runs the whole network; the attribute can be changed after training.
+        encoder: a registered encoder name or an :class:`~medseg.encoders.Encoder` whose levels are the
+            backbone nodes (``features``, ``depth`` and ``dropout`` then do not apply: the widths are the
+            encoder's channels, L is its level count - 1). Its levels must halve in size one after
+            another; when the finest is smaller than the input, the logits are resized (bilinear or
+            trilinear) to the input size.
+        encoder_options: options of a named encoder.
+        encoder_weights: a local weight file for the encoder.
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, num_classes: int, depth: int = 4,
                  features: int = 32, norm: str | None = "batch", act: str | None = "relu",
                  upsample: str = "transpose", dropout: float = 0.0, deep_supervision: bool = False,
-                 prune_level: int | None = None) -> None:
+                 prune_level: int | None = None, encoder: str | Encoder | None = None,
+                 encoder_options: dict | None = None, encoder_weights: str | None = None) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
-        self.depth = depth
-        self.input_multiple = 2**depth
         self.deep_supervision = deep_supervision
-        self.encoder = UNetEncoder(spatial_dims, in_channels, features, depth, "same", norm, act, dropout)
-        widths = self.encoder.channels
+        self.encoder: UNetEncoder | Encoder
+        if encoder is None:
+            self.encoder = UNetEncoder(spatial_dims, in_channels, features, depth, "same", norm, act, dropout)
+            self.input_multiple = 2**depth
+        else:
+            self.encoder = build_encoder(encoder, in_channels=in_channels, spatial_dims=spatial_dims,
+                                         weights=encoder_weights, options=encoder_options)
+            reductions = self.encoder.reductions
+            if any(b != 2 * a for a, b in zip(reductions, reductions[1:], strict=False)):
+                raise MedsegError(f"UNet++ needs encoder levels that halve one after another, "
+                                  f"got reductions {list(reductions)}")
+            depth = len(reductions) - 1
+            self.input_multiple = self.encoder.input_multiple
+        self.depth = depth
+        widths = list(self.encoder.channels)
         self.diagonals = nn.ModuleList(
             NestedDiagonal(spatial_dims, d, widths, norm, act, upsample) for d in range(depth + 1))
         if deep_supervision:
-            self.heads = DeepSupervisionHeads(spatial_dims, [features] * depth, num_classes)
+            self.heads = DeepSupervisionHeads(spatial_dims, [widths[0]] * depth, num_classes)
         else:
-            self.head = SegmentationHead(spatial_dims, features, num_classes)
+            self.head = SegmentationHead(spatial_dims, widths[0], num_classes)
         self._prune_level: int | None = None
         self.prune_level = prune_level
 
@@ -116,6 +139,12 @@ class UNetPlusPlus(SegmentationModel):
     def nested_nodes(self, x: Tensor, level: int) -> list[Tensor]:
         """X(0,1), ..., X(0,level), computing only the nodes X(i,j) with i + j <= ``level``."""
         grid: list[list[Tensor]] = []
+        if isinstance(self.encoder, Encoder):  # an encoder computes all its levels at once
+            for d, (feature, diagonal) in enumerate(zip(self.encoder(x), self.diagonals, strict=True)):
+                if d <= level:
+                    grid.append([feature])
+                    grid = diagonal(grid)
+            return grid[0][1:]
         for d, (backbone, diagonal) in enumerate(zip(self.encoder.levels, self.diagonals, strict=True)):
             if d <= level:
                 x = backbone(x)
@@ -128,12 +157,13 @@ class UNetPlusPlus(SegmentationModel):
         prune = None if self.training else self._prune_level
         level = self.depth if prune is None else prune
         nodes = self.nested_nodes(x, level)
+        size = list(x.shape[2:])
         if not self.deep_supervision:
-            return self.head(nodes[-1])
+            return layers.resize_to(self.head(nodes[-1]), size)
         maps: list[Tensor] = []
         for j, head in enumerate(self.heads.heads):
             if j < level:
-                maps.append(head(nodes[j]))
+                maps.append(layers.resize_to(head(nodes[j]), size))
         if prune is not None:
             return maps[-1]
         logits = torch.stack(maps, dim=0).mean(dim=0)
