@@ -1,6 +1,6 @@
 """Reusable network blocks, each for 2D and 3D (``spatial_dims`` in {2, 3})."""
 
-from medseg.blocks import context_residual, sdi, shifted_mlp, subtraction  # noqa: F401
+from medseg.blocks import context_residual  # noqa: F401
 from medseg.blocks.attention import CBAM, ChannelAttention, NonLocalBlock, SpatialAttention, SqueezeExcitation
 from medseg.blocks.attention_gate import AttentionGate, MultiAttentionGate
 from medseg.blocks.context import ASPP, DenseASPP, DenseAtrousConv, PyramidPooling, ResidualMultiKernelPooling
@@ -9,12 +9,23 @@ from medseg.blocks.dense import DenseBlock, DenseLayer, InceptionBlock, NormActC
 from medseg.blocks.heads import DeepSupervisionHeads, SegmentationHead
 from medseg.blocks.recurrent import RecurrentConv, RecurrentConvUnit, RecurrentResidualUnit
 from medseg.blocks.residual import BottleneckBlock, ResidualBlock, projection_shortcut
+from medseg.blocks.sdi import SemanticDetailInfusion, SemanticDetailSkips
+from medseg.blocks.shifted_mlp import OverlapPatchEmbed, ShiftedMLP, ShiftedMLPBlock, shift_tokens
+from medseg.blocks.subtraction import (
+    AllOnesFilter,
+    MultiScaleFilters,
+    MultiScaleSubtractionUnit,
+    SubtractionPyramid,
+    SubtractionUnit,
+)
 
 __all__ = [
-    "ASPP", "CBAM", "AttentionGate", "BottleneckBlock", "ChannelAttention", "ConvNormAct",
+    "ASPP", "CBAM", "AllOnesFilter", "AttentionGate", "BottleneckBlock", "ChannelAttention", "ConvNormAct",
     "DeepSupervisionHeads", "DenseASPP", "DenseAtrousConv", "DenseBlock", "DenseLayer",
-    "DepthwiseSeparableConv", "DoubleConv", "InceptionBlock", "MultiAttentionGate", "NonLocalBlock",
-    "NormActConv", "PyramidPooling", "RecurrentConv", "RecurrentConvUnit", "RecurrentResidualUnit",
-    "ResidualBlock", "ResidualMultiKernelPooling", "SegmentationHead", "SpatialAttention",
-    "SqueezeExcitation", "projection_shortcut",
+    "DepthwiseSeparableConv", "DoubleConv", "InceptionBlock", "MultiAttentionGate", "MultiScaleFilters",
+    "MultiScaleSubtractionUnit", "NonLocalBlock", "NormActConv", "OverlapPatchEmbed", "PyramidPooling",
+    "RecurrentConv", "RecurrentConvUnit", "RecurrentResidualUnit", "ResidualBlock",
+    "ResidualMultiKernelPooling", "SegmentationHead", "SemanticDetailInfusion", "SemanticDetailSkips",
+    "ShiftedMLP", "ShiftedMLPBlock", "SpatialAttention", "SqueezeExcitation", "SubtractionPyramid",
+    "SubtractionUnit", "projection_shortcut", "shift_tokens",
 ]

@@ -1,10 +1,14 @@
 """The model zoo: importing this package registers every model."""
 
-from medseg.models import conresnet, m2snet, unet_v2, unext  # noqa: F401  (register)
+from medseg.models import conresnet  # noqa: F401  (register)
 from medseg.models.attention_unet import AttentionUNet
+from medseg.models.m2snet import M2SNet, MSNet
 from medseg.models.r2unet import R2UNet
 from medseg.models.unet import UNet, UNetDecoder, UNetEncoder
+from medseg.models.unet_v2 import EncoderUNet, UNetV2
 from medseg.models.unetpp import UNetPlusPlus
+from medseg.models.unext import UNeXt
 from medseg.models.vnet import VNet
 
-__all__ = ["AttentionUNet", "R2UNet", "UNet", "UNetDecoder", "UNetEncoder", "UNetPlusPlus", "VNet"]
+__all__ = ["AttentionUNet", "EncoderUNet", "M2SNet", "MSNet", "R2UNet", "UNeXt", "UNet", "UNetDecoder",
+           "UNetEncoder", "UNetPlusPlus", "UNetV2", "VNet"]
