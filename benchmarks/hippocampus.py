@@ -1,0 +1,60 @@
+"""Hippocampus segmentation benchmark on MSD Task04 (issue 8): 3D models trained under one budget, evaluated
+on a held-out split with Dice, HD95 and ASSD per class (anterior, posterior).
+
+The same for every model: the seeded split, the patch size (``--size``, array order), z-score
+normalisation, the epochs, batches per epoch and time limit, batch, nnU-Net's SGD (Nesterov momentum 0.99,
+lr ``--lr``, poly decay), the engine's default 3D augmentation with a third of the patches on foreground,
+Dice + CE for every model (``--loss default``: each model's own loss), training from scratch, Gaussian
+sliding-window prediction (step 0.5) without postprocessing. Each model has its registry defaults, except
+our U-Net with the settings of ``configs/unet3d-hippocampus.yaml`` (32 wide, 3 poolings, instance norm;
+no deep supervision, as the loss is the same for all). The patch must leave more than one voxel after the
+4 poolings of BasicUNet (instance norm), e.g. 32x48x32.
+
+    .venv/bin/python benchmarks/hippocampus.py [--models unet monai_basicunet conresnet] [--size 32 48 32]
+        [--epochs 50] [--iterations-per-epoch 50] [--minutes-per-model M] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from train_compare import MONAI_BASICUNET, ROOT, Budget, Column, Task, build_parser, main
+
+MODELS = ["unet", MONAI_BASICUNET, "conresnet"]
+CLASSES = ((1, "anterior"), (2, "posterior"))
+COLUMNS = tuple(column for label, name in CLASSES for column in (
+    Column(f"Dice {name}", "dice", label), Column(f"HD95 {name} (mm)", "hd95", label, 2),
+    Column(f"ASSD {name} (mm)", "assd", label, 2)))
+
+
+def base_config(budget: Budget) -> dict[str, Any]:
+    return {
+        "data": {"layout": "decathlon", "patch_size": list(budget.size), "normalization": "zscore",
+                 "label_mode": "multiclass", "num_classes": 3,
+                 "class_names": ["background", "anterior", "posterior"], "foreground_fraction": 0.33},
+        "optim": {"name": "sgd", "lr": budget.lr, "momentum": 0.99, "nesterov": True, "weight_decay": 3e-5},
+        "schedule": {"name": "poly", "power": 0.9},
+        "train": {"val_every": 1, "val_metrics": ["dice"], "best_metric": "dice"},
+        "inference": {"mode": "sliding_window", "step": 0.5, "sigma_scale": 0.125, "window_batch_size": 4},
+    }
+
+
+TASK = Task(name="hippocampus", title="Hippocampus segmentation on MSD Task04: 3D models under one budget",
+            spatial_dims=3, in_channels=1,
+            default_root=ROOT.parent / "shared" / "data" / "msd-task04-hippocampus",
+            base_config=base_config, columns=COLUMNS, fair_loss="dice_ce",
+            model_options={"unet": {"features": 32, "depth": 3, "norm": "instance"}},
+            notes=["metrics: mean over the test cases per class (`medseg evaluate`); distances in mm with "
+                   "the images' spacing; a case whose prediction or mask of a class is empty has no "
+                   "distance for that class and is left out of that mean"])
+
+
+def parser() -> Any:
+    return build_parser(TASK, __doc__.splitlines()[0], {
+        "models": MODELS, "size": [32, 48, 32], "epochs": 50, "iterations_per_epoch": 50, "batch_size": 8,
+        "val_cases": 20, "test_cases": 40, "lr": 1e-2})
+
+
+if __name__ == "__main__":
+    sys.exit(main(TASK, parser()))
