@@ -44,11 +44,15 @@ def test_every_preset_loads_validates_and_builds_its_model(path: Path, tmp_path:
     assert config.name == path.stem
     dims = config.spatial_dims
     assert dims in (2, 3)
-    channels = config.data.output_channels(None)
+    channels = config.data.output_channels(None) or 2  # None: derived from the data set at run time
     model = create_model(config.model.name, in_channels=3 if config.data.normalization == "rgb" else 1,
                          num_classes=channels, spatial_dims=dims, **config.model.options)
     default_loss = model_info(config.model.name)["default_loss"]
-    loss = build_loss(config.loss.build_spec(config.data.label_mode, default_loss))
+    spec = config.loss.build_spec(config.data.label_mode, default_loss)
+    for term in spec["losses"]:  # weight files named by a preset are the user's to provide (LossNet's VGG)
+        if isinstance(term.get("weights"), str) and not Path(term["weights"]).is_file():
+            term.update(weights=None, random_features=True)
+    loss = build_loss(spec)
     assert isinstance(loss, torch.nn.Module)
     shape = config.data.patch_size or config.data.resize
     if shape is not None:  # the training shape suits the network's input multiple
@@ -127,7 +131,8 @@ BAD_VALUES = [
     ("data.label_mode=multi", r"^data\.label_mode: 'multi' is not one of binary, multiclass, multilabel"),
     ("model.spatial_dims=4", r"^model\.spatial_dims: 4 is not one of 2, 3$"),
     ("train.val_metrics=[dice, hd96]", r"^train\.val_metrics\[1\]: 'hd96' is not one of dice, .*'hd95'"),
-    ("schedule.name=cos", r"^schedule\.name: 'cos' is not one of constant, cosine, poly, step; did you mean"),
+    ("schedule.name=cos",
+     r"^schedule\.name: 'cos' is not one of constant, cosine, poly, step, triangular; did you mean"),
     ("model.name=unett", r"^model\.name: unknown model 'unett'; did you mean unet"),
     ("optim.lr=-1", r"^optim\.lr: must be > 0, got -1\.0$"),
     ("data.val_fraction=1", r"^data\.val_fraction: must be < 1"),
@@ -270,3 +275,70 @@ def test_postprocess_config_has_the_fields_of_postprocess_options() -> None:
                                 "inference.postprocess.connectivity=2"])
     options = PostprocessOptions(**vars(config.inference.postprocess))
     assert options.fill_holes == (1,) and options.connectivity == 2
+
+
+def test_triangular_schedule_by_hand() -> None:
+    # per epoch (M2SNet): epoch e of E gets 1 - |2(e+1)/(E+1) - 1|; E = 4: 0.4, 0.8, 0.8, 0.4
+    per_epoch = lr_factor_function(ScheduleConfig(name="triangular"), total_steps=40, steps_per_epoch=10)
+    assert [per_epoch(t) for t in (0, 9, 10, 25, 39, 45)] == pytest.approx([0.4, 0.4, 0.8, 0.8, 0.4, 0.4])
+    per_step = lr_factor_function(ScheduleConfig(name="triangular", options={"per_epoch": False}), 4, 10)
+    assert [per_step(t) for t in range(4)] == pytest.approx([0.4, 0.8, 0.8, 0.4])
+    based = lr_factor_function(ScheduleConfig(name="triangular", options={"base_factor": 0.5}), 40, 10)
+    assert based(0) == pytest.approx(0.5 + 0.5 * 0.4)
+    # the triangle over the first half (2 epochs: 2/3 each), then linear from 0.5 to 0.5 * 0.1
+    annealed = lr_factor_function(ScheduleConfig(name="triangular", options={
+        "base_factor": 0.5, "ratio": 0.5, "annealing_decay": 0.1}), 40, 10)
+    assert [annealed(t) for t in (0, 10, 20, 30)] == pytest.approx([5 / 6, 5 / 6, 0.275, 0.05])
+    # the official recipe: 50 epochs, lr 0.05 x (1 - |2(e+1)/51 - 1|)
+    official = lr_factor_function(ScheduleConfig(name="triangular"), total_steps=50 * 3, steps_per_epoch=3)
+    assert [official(3 * e) for e in (0, 24, 25, 49)] == pytest.approx([2 / 51, 50 / 51, 50 / 51, 2 / 51])
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("schedule.options.peak=3", r"^schedule\.options\.peak: unknown option of the triangular schedule"),
+    ("schedule.options.ratio=2", r"^schedule\.options\.ratio: expected a number in \[0\.0, 1\.0\], got 2"),
+    ("schedule.options.per_epoch=1", r"^schedule\.options\.per_epoch: expected true or false"),
+])
+def test_triangular_options_are_checked_when_loading(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["schedule.name=triangular", override])
+
+
+def test_multi_scale_integers_are_sizes_and_fractions_factors() -> None:
+    assert load_config(None, ["train.multi_scale=[224, 256, 352]"]).train.multi_scale == [224, 256, 352]
+    factors = load_config(None, ["train.multi_scale=[0.75, 1, 1.25]"]).train.multi_scale
+    assert factors == [0.75, 1.0, 1.25] and all(isinstance(f, float) for f in factors)
+    assert load_config(None, ["train.multi_scale=null"]).train.multi_scale is None
+    for value, message in (("[1, 2]", "read as absolute sizes"), ("[]", "the list is empty"),
+                           ("[0.5, 16]", "scale factors must be <= 8"), ("[-0.5, 1]", "must be > 0"),
+                           ("[a]", "expected")):
+        with pytest.raises(ConfigError, match=rf"^train\.multi_scale: .*{message}"):
+            load_config(None, [f"train.multi_scale={value}"])
+
+
+def test_deep_supervision_resize_reaches_the_wrapper() -> None:
+    config = load_config(None, ["loss.name=dice", "loss.deep_supervision=true",
+                                "loss.deep_supervision_resize=output",
+                                "loss.deep_supervision_weights=[0.5, 0.5]"])
+    spec = config.loss.build_spec("binary", "dice")
+    assert spec["deep_supervision"] == {"resize": "output", "weights": [0.5, 0.5]}
+    loss = build_loss(spec)
+    assert loss.resize == "output" and loss.weights == [0.5, 0.5]
+    default = load_config(None, ["loss.deep_supervision=true"]).loss.build_spec("binary", "dice")
+    assert build_loss(default).resize == "target"
+    with pytest.raises(ConfigError, match=r"^loss\.deep_supervision_resize: 'input' is not one of target"):
+        load_config(None, ["loss.deep_supervision_resize=input"])
+
+
+def test_m2snet_preset_is_the_official_recipe() -> None:
+    config = load_config(CONFIGS / "m2snet-polyp.yaml")
+    assert (config.model.name, config.loss.name) == ("m2snet", "m2snet")
+    assert config.loss.options["lossnet_weight"] == 0.1
+    assert (config.optim.name, config.optim.nesterov, config.optim.momentum) == ("sgd", True, 0.9)
+    assert (config.optim.lr, config.optim.weight_decay, config.data.batch_size) == (0.05, 5e-4, 16)
+    assert (config.schedule.name, config.train.epochs) == ("triangular", 50)
+    assert config.train.multi_scale == [224, 256, 288, 320, 352] and config.data.resize == (352, 352)
+    assert config.augmentation.rotation.degrees == (-10.0, 10.0) and config.augmentation.mirror.axes == (1,)
+    assert not config.augmentation.scale.enabled and not config.augmentation.gamma.enabled
+    assert config.data.root.endswith("shared/data/kvasir-seg")
+    assert {"dice", "iou"} <= set(config.train.val_metrics)

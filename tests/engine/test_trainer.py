@@ -21,6 +21,7 @@ from medseg.engine import trainer as trainer_module
 from medseg.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
 from medseg.engine.config import config_from_dict
 from medseg.engine.trainer import train
+from medseg.errors import MedsegError
 
 NO_AUGMENTATION = {name: False for name in ("mirror", "rot90", "rotation", "scale", "shear", "elastic",
                                             "noise", "blur", "brightness", "contrast", "low_resolution",
@@ -139,3 +140,120 @@ def test_cli_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "missing" in err and "\n" not in err
     assert main(["train", str(tmp_path / "nope.yaml")]) == 2
     assert main(["train", str(config_file), "train.device=cuda"]) == (0 if torch.cuda.is_available() else 2)
+
+
+# ------------------------------------------------------------------ multi-scale, encoder weights, EMA
+
+
+def test_multi_scale_draws_rounded_sizes_per_batch_seeded_by_epoch() -> None:
+    factors = trainer_module.MultiScale([0.75, 1.25], multiple=8, seed=0)
+    factors.set_epoch(0)
+    assert {tuple(factors.size((32, 32))) for _ in range(40)} == {(24, 24), (40, 40)}
+    absolute = trainer_module.MultiScale([13, 3], multiple=8, seed=0)
+    assert {tuple(absolute.size((32, 16))) for _ in range(40)} == {(16, 16), (8, 8)}  # round(13/8)=2, min 8
+    draws = []
+    for epoch in (0, 0, 1):
+        scale = trainer_module.MultiScale([16, 24], multiple=8, seed=3)
+        scale.set_epoch(epoch)
+        draws.append([scale.size((32, 32))[0] for _ in range(30)])
+    assert draws[0] == draws[1] and draws[0] != draws[2]
+    image = torch.rand(2, 3, 32, 32)
+    label = torch.zeros(2, 1, 32, 32)
+    label[:, :, 8:24, 8:24] = 1
+    out_image, out_label = absolute(image, label)
+    assert out_image.shape[2:] == out_label.shape[2:] and out_image.shape[2] in (8, 16)
+    assert set(out_label.unique().tolist()) <= {0.0, 1.0} and out_label.dtype == label.dtype
+
+
+def test_multi_scale_training_sees_the_drawn_sizes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[int, ...]] = []
+    original = trainer_module.MultiScale.__call__
+
+    def record(self: Any, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = original(self, image, label)
+        seen.append(tuple(image.shape[2:]))
+        return image, label
+
+    monkeypatch.setattr(trainer_module.MultiScale, "__call__", record)
+    config = config_from_dict(tiny_config(tmp_path, epochs=1, multi_scale=[0.5, 0.75]))
+    result = train(config, progress=False)
+    assert result.epochs_run == 1 and len(seen) == 3  # 6 training images in batches of 2
+    assert set(seen) <= {(16, 16), (24, 24)}  # factors of the 32x32 batches (multiples of unet's 4)
+
+
+def encoder_weight_file(tmp: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    from medseg.encoders import create_encoder
+
+    torch.manual_seed(5)
+    state = create_encoder("resnet18", widths=(8, 16, 32, 64), stem_width=8).state_dict()
+    state["fc.weight"] = torch.zeros(10, 64)  # a classifier key: ignored
+    path = tmp / "resnet18.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def test_encoder_weights_are_loaded_before_training_and_not_on_resume(tmp_path: Path) -> None:
+    path, state = encoder_weight_file(tmp_path)
+    data = tiny_config(tmp_path, epochs=1, iterations_per_epoch=1)
+    data["model"] = {"name": "m2snet", "encoder_weights": str(path),
+                     "options": {"encoder": "resnet18", "channels": 8,
+                                 "encoder_options": {"widths": [8, 16, 32, 64], "stem_width": 8}}}
+    data["optim"] = {"name": "adam", "lr": 1e-9}  # the weights stay where the file put them
+    train(config_from_dict(data), progress=False)
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")["state_dict"]
+    weights = [k for k in state if k.endswith(".weight") and "bn" not in k and not k.startswith("fc.")]
+    assert weights and all(torch.allclose(saved[f"encoder.{k}"], state[k], atol=1e-6) for k in weights)
+    path.unlink()  # a resume takes the weights from last.pt, not from the (now missing) file
+    data["train"]["epochs"] = 2
+    assert train(config_from_dict(data), resume=True, progress=False).epochs_run == 2
+
+
+def test_encoder_weights_need_a_model_with_an_encoder(tmp_path: Path) -> None:
+    path, _ = encoder_weight_file(tmp_path)
+    data = tiny_config(tmp_path)
+    data["model"]["encoder_weights"] = str(path)
+    with pytest.raises(MedsegError, match=r"^model\.encoder_weights: model UNet has no registered encoder"):
+        train(config_from_dict(data), progress=False)
+
+
+def test_model_ema_by_hand() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.BatchNorm1d(1))
+    with torch.no_grad():
+        model[0].weight.fill_(2.0)
+    ema = trainer_module.ModelEMA(model, decay=0.75)
+    with torch.no_grad():
+        model[0].weight.fill_(6.0)
+        model[1].running_mean.fill_(4.0)
+        model[1].num_batches_tracked.fill_(7)
+    ema.update(model)
+    assert ema.module[0].weight.item() == pytest.approx(0.75 * 2 + 0.25 * 6)
+    assert ema.module[1].running_mean.item() == pytest.approx(0.25 * 4)
+    assert ema.module[1].num_batches_tracked.item() == 7  # integer buffers are copied
+    assert not ema.module.training and not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_ema_weights_are_saved_and_resume_matches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = {"epochs": 3, "val_every": 1, "ema_decay": 0.5}
+    full = train(config_from_dict(tiny_config(tmp_path, "full", **settings)), progress=False)
+    ckpt = load_checkpoint(tmp_path / "full" / "last.pt")
+    trained = ckpt["training"]["extra"]["model_state"]
+    assert any(not torch.equal(ckpt["state_dict"][k], trained[k]) for k in trained)  # the average differs
+
+    original = trainer_module.Trainer.end_epoch
+
+    def crash_after_first(self: trainer_module.Trainer, row: dict[str, Any]) -> bool:
+        stop = original(self, row)
+        if self.epoch == 1:
+            raise KeyboardInterrupt("simulated crash")
+        return stop
+
+    config = config_from_dict(tiny_config(tmp_path, "split", **settings))
+    monkeypatch.setattr(trainer_module.Trainer, "end_epoch", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    monkeypatch.setattr(trainer_module.Trainer, "end_epoch", original)
+    resumed = train(config, resume=True, progress=False)
+    assert losses(resumed.history) == pytest.approx(losses(full.history), abs=1e-7, rel=0)
+    assert [r["val_dice"] for r in resumed.history] == pytest.approx([r["val_dice"] for r in full.history])
+    other = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert all(torch.equal(ckpt["state_dict"][k], other["state_dict"][k]) for k in trained)

@@ -1,9 +1,13 @@
 """Reusable network blocks, each for 2D and 3D (``spatial_dims`` in {2, 3})."""
 
-from medseg.blocks import context_residual  # noqa: F401
 from medseg.blocks.attention import CBAM, ChannelAttention, NonLocalBlock, SpatialAttention, SqueezeExcitation
 from medseg.blocks.attention_gate import AttentionGate, MultiAttentionGate
 from medseg.blocks.context import ASPP, DenseASPP, DenseAtrousConv, PyramidPooling, ResidualMultiKernelPooling
+from medseg.blocks.context_residual import (
+    ContextResidualModule,
+    PreActivationResidualBlock,
+    inter_slice_residual,
+)
 from medseg.blocks.conv import ConvNormAct, DepthwiseSeparableConv, DoubleConv
 from medseg.blocks.dense import DenseBlock, DenseLayer, InceptionBlock, NormActConv
 from medseg.blocks.heads import DeepSupervisionHeads, SegmentationHead
@@ -20,12 +24,13 @@ from medseg.blocks.subtraction import (
 )
 
 __all__ = [
-    "ASPP", "CBAM", "AllOnesFilter", "AttentionGate", "BottleneckBlock", "ChannelAttention", "ConvNormAct",
-    "DeepSupervisionHeads", "DenseASPP", "DenseAtrousConv", "DenseBlock", "DenseLayer",
-    "DepthwiseSeparableConv", "DoubleConv", "InceptionBlock", "MultiAttentionGate", "MultiScaleFilters",
-    "MultiScaleSubtractionUnit", "NonLocalBlock", "NormActConv", "OverlapPatchEmbed", "PyramidPooling",
-    "RecurrentConv", "RecurrentConvUnit", "RecurrentResidualUnit", "ResidualBlock",
-    "ResidualMultiKernelPooling", "SegmentationHead", "SemanticDetailInfusion", "SemanticDetailSkips",
-    "ShiftedMLP", "ShiftedMLPBlock", "SpatialAttention", "SqueezeExcitation", "SubtractionPyramid",
-    "SubtractionUnit", "projection_shortcut", "shift_tokens",
+    "ASPP", "AllOnesFilter", "AttentionGate", "BottleneckBlock", "CBAM", "ChannelAttention",
+    "ContextResidualModule", "ConvNormAct", "DeepSupervisionHeads", "DenseASPP", "DenseAtrousConv",
+    "DenseBlock", "DenseLayer", "DepthwiseSeparableConv", "DoubleConv", "InceptionBlock",
+    "MultiAttentionGate", "MultiScaleFilters", "MultiScaleSubtractionUnit", "NonLocalBlock",
+    "NormActConv", "OverlapPatchEmbed", "PreActivationResidualBlock", "PyramidPooling", "RecurrentConv",
+    "RecurrentConvUnit", "RecurrentResidualUnit", "ResidualBlock", "ResidualMultiKernelPooling",
+    "SegmentationHead", "SemanticDetailInfusion", "SemanticDetailSkips", "ShiftedMLP", "ShiftedMLPBlock",
+    "SpatialAttention", "SqueezeExcitation", "SubtractionPyramid", "SubtractionUnit",
+    "inter_slice_residual", "projection_shortcut", "shift_tokens",
 ]

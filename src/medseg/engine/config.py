@@ -170,13 +170,15 @@ class LossConfig:
     """The training loss: one loss ``name`` with ``options``, or a weighted sum ``losses: [{name: dice,
     weight: 1, ...options}, {name: ce, weight: 1}]``; neither: the model's default loss (registry).
     ``deep_supervision`` weights the auxiliary outputs (nnU-Net: halving per level, normalised) unless
-    ``deep_supervision_weights`` (main output first) are given."""
+    ``deep_supervision_weights`` (main output first) are given; ``deep_supervision_resize`` ``target``
+    down-samples the target to each auxiliary map (nnU-Net), ``output`` up-samples the maps (U-Net v2)."""
 
     name: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     losses: list[dict[str, Any]] | None = None
     deep_supervision: bool = False
     deep_supervision_weights: list[float] | None = _bounded(None, ge=0)
+    deep_supervision_resize: Literal["target", "output"] = "target"
 
     def check(self, key: str) -> None:
         if self.losses is not None and (self.name is not None or self.options):
@@ -200,8 +202,10 @@ class LossConfig:
         """The mapping :func:`medseg.losses.build_loss` takes: the terms, the label mode and the deep
         supervision wrapper's settings."""
         supervision: bool | dict[str, Any] = self.deep_supervision
-        if self.deep_supervision and self.deep_supervision_weights is not None:
-            supervision = {"weights": list(self.deep_supervision_weights)}
+        if self.deep_supervision:
+            supervision = {"resize": self.deep_supervision_resize}
+            if self.deep_supervision_weights is not None:
+                supervision["weights"] = list(self.deep_supervision_weights)
         return {"losses": self.terms(default_name), "mode": label_mode, "deep_supervision": supervision}
 
 
@@ -234,7 +238,8 @@ class OptimConfig:
 class ScheduleConfig:
     """Learning-rate schedule, a factor of each group's initial rate per optimiser step (see
     :func:`lr_factor_function`): ``poly`` ``(1 - t/T)^power`` (nnU-Net, power 0.9), ``cosine`` down to
-    ``min_lr_factor``, ``step`` (times ``gamma`` every ``step_size`` epochs), ``constant``, or any
+    ``min_lr_factor``, ``step`` (times ``gamma`` every ``step_size`` epochs), ``constant``,
+    ``triangular`` (M2SNet's rise and fall, see :func:`_triangular` for its options), or any
     registered name (``options`` for its settings). A linear warm-up from ``warmup_start_factor`` over
     ``warmup_epochs`` or ``warmup_iterations`` comes first."""
 
@@ -254,6 +259,11 @@ class ScheduleConfig:
                               f"{_did_you_mean(self.name, _SCHEDULES)}")
         if self.warmup_epochs > 0 and self.warmup_iterations > 0:
             raise ConfigError(f"{key}: give warmup_epochs or warmup_iterations, not both")
+        _SCHEDULES[self.name](self, 100, 10)  # builders check their options (ConfigError naming the key)
+
+
+MIN_SCALE_SIZE = 8
+MAX_SCALE_FACTOR = 8.0
 
 
 @dataclass
@@ -264,7 +274,11 @@ class TrainConfig:
     after ``early_stopping_patience`` validations without improvement; ``max_minutes`` stops at the first
     epoch end past that training time (the best checkpoint so far stays). ``amp`` ``auto``: bf16 on a GPU
     that has it, else fp16 with a scaler on a GPU, none on the CPU. ``ema_decay``: keep an exponential
-    moving average of the weights (validated and saved as the model)."""
+    moving average of the weights (validated and saved as the model). ``multi_scale``: per training batch
+    a size drawn (seeded) from the list, after augmentation: integers are absolute sizes (every axis; M2SNet
+    ``[224, 256, 288, 320, 352]``), numbers with a fractional part make it a list of factors of the batch's
+    size (U-Net v2 ``[0.75, 1, 1.25]``); rounded to a multiple of the model's input multiple; images
+    resized bi/trilinearly, labels by nearest neighbour."""
 
     epochs: int = _bounded(100, ge=1)
     iterations: int | None = _bounded(None, ge=1)
@@ -282,8 +296,20 @@ class TrainConfig:
     seed: int = _bounded(0, ge=0)
     device: Device = "auto"
     ema_decay: float | None = _bounded(None, gt=0, lt=1)
+    multi_scale: list[int] | list[float] | None = _bounded(None, gt=0)  # ints first: YAML ints stay ints
 
     def check(self, key: str) -> None:
+        if self.multi_scale is not None:
+            if not self.multi_scale:
+                raise ConfigError(f"{key}.multi_scale: the list is empty (null switches multi-scale off)")
+            if all(isinstance(v, int) for v in self.multi_scale):
+                if min(self.multi_scale) < MIN_SCALE_SIZE:
+                    raise ConfigError(f"{key}.multi_scale: {self.multi_scale} are read as absolute sizes "
+                                      f"(all whole numbers) and must be >= {MIN_SCALE_SIZE}; for scale "
+                                      "factors include a fractional one, e.g. [0.75, 1, 1.25]")
+            elif max(self.multi_scale) > MAX_SCALE_FACTOR:
+                raise ConfigError(f"{key}.multi_scale: scale factors must be <= {MAX_SCALE_FACTOR}, got "
+                                  f"{self.multi_scale} (absolute sizes are whole numbers)")
         if not self.val_metrics:
             raise ConfigError(f"{key}.val_metrics: the list is empty (dice is the usual choice)")
         if self.best_metric not in self.val_metrics:
@@ -707,6 +733,56 @@ def _step(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> LrF
     """Multiply by ``gamma`` every ``step_size`` epochs (``StepLR``)."""
     every = max(1, round(config.step_size * steps_per_epoch))
     return lambda step: config.gamma ** (max(step, 0) // every)
+
+
+TRIANGULAR_OPTIONS = ("base_factor", "per_epoch", "ratio", "annealing_decay")
+
+
+def _option(config: ScheduleConfig, name: str, default: float, low: float, high: float) -> float:
+    value = config.options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(f"schedule.options.{name}: expected a number in [{low}, {high}], got {value!r}")
+    return float(value)
+
+
+@register_schedule("triangular")
+def _triangular(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> LrFactor:
+    """The triangular schedule of the official M2SNet ``train.py`` (Zhao et al. 2023): over ``N`` units
+    (epochs with ``per_epoch``, the default as there, else optimiser steps) unit ``u`` gets
+    ``b + (1 - b)(1 - |2(u + 1)/(N + 1) - 1|)``, rising linearly to 1 at mid-run and falling back, never
+    exactly 0 (``b = base_factor``, 0 there; e.g. 50 epochs: 2/51 in the first and last epoch).
+
+    Options (``schedule.options``): ``base_factor`` (0), ``per_epoch`` (true), ``ratio`` (1): the triangle
+    spans that fraction of the units, the rest anneals linearly from ``base_factor`` down to
+    ``base_factor * annealing_decay`` (0.01) in the last unit, as in the ``get_triangle_lr`` of
+    GCPANet/F3Net-style training scripts (whose triangle spans the whole run and is cut at ``ratio``; ours
+    is complete, so the rate does not jump down from the peak). That code also cycles SGD momentum
+    inversely (0.95 -> 0.85 -> 0.95); the official M2SNet keeps momentum 0.9 and so do we (``LambdaLR``
+    drives learning rates only).
+    """
+    unknown = sorted(set(config.options) - set(TRIANGULAR_OPTIONS))
+    if unknown:
+        raise ConfigError(f"schedule.options.{unknown[0]}: unknown option of the triangular schedule; "
+                          f"valid: {', '.join(TRIANGULAR_OPTIONS)}")
+    base = _option(config, "base_factor", 0.0, 0.0, 1.0)
+    ratio = _option(config, "ratio", 1.0, 0.0, 1.0)
+    decay = _option(config, "annealing_decay", 0.01, 0.0, 1.0)
+    per_epoch = config.options.get("per_epoch", True)
+    if not isinstance(per_epoch, bool):
+        raise ConfigError(f"schedule.options.per_epoch: expected true or false, got {per_epoch!r}")
+    every = max(steps_per_epoch, 1) if per_epoch else 1
+    units = max(math.ceil(total_steps / every), 1)
+    first = max(round(units * ratio), 1)
+
+    def factor(step: int) -> float:
+        unit = min(max(step, 0) // every, units - 1)
+        if unit < first:
+            return base + (1.0 - base) * (1.0 - abs(2.0 * (unit + 1) / (first + 1) - 1.0))
+        # linear from base (at the triangle's end) to base * annealing_decay (after the last unit)
+        progress = (unit - first + 1) / (units - first)
+        return base * (1.0 - (1.0 - decay) * progress)
+
+    return factor
 
 
 def lr_factor_function(config: ScheduleConfig, total_steps: int, steps_per_epoch: int = 1) -> LrFactor:

@@ -10,14 +10,21 @@ Per epoch: training batches (augmented on the device, AMP on CUDA, gradient accu
 scheduler step per optimiser step), validation every ``val_every`` epochs on the validation cases (whole
 images, or Gaussian sliding windows when training on patches) reduced across DDP ranks, then on rank 0
 ``best.pt`` / ``last.pt``, ``log.csv``, ``progress.png`` and TensorBoard scalars.
+
+Options beyond nnU-Net: ``model.encoder_weights`` (a weight file loaded into ``model.encoder`` before
+training, not on resume), ``train.multi_scale`` (a size drawn per batch after augmentation, M2SNet /
+U-Net v2) and ``train.ema_decay`` (an exponential moving average of the weights, which is what is
+validated and saved as the model; ``last.pt`` also keeps the trained weights for resuming).
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import logging
 import math
+import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
@@ -42,6 +49,7 @@ from medseg.data import (
     write_splits,
 )
 from medseg.data.datasets import Dataset, kfold_splits
+from medseg.encoders import Encoder, load_encoder_weights
 from medseg.engine.checkpoint import (
     load_checkpoint,
     load_model_weights,
@@ -65,14 +73,16 @@ from medseg.engine.plots import plot_progress
 from medseg.engine.rundir import RunPaths, prepare_run_dir
 from medseg.errors import MedsegError
 from medseg.fileio import write_text_atomically
+from medseg.layers import resize_to
 from medseg.losses import build_loss
+from medseg.losses.deep_supervision import resize_nearest
 from medseg.metrics import evaluate_case
 from medseg.outputs import main_logits
 from medseg.registry import create_model, model_info
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "seed_everything", "train"]
+__all__ = ["ModelEMA", "MultiScale", "TrainResult", "load_encoder_file", "seed_everything", "train"]
 
 DEFAULT_PATCH_BATCHES = 250
 """Batches per epoch in patch mode when ``train.iterations_per_epoch`` is null (nnU-Net's 250)."""
@@ -277,6 +287,70 @@ def _augmenter_seed(seed: int, rank: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, rank, epoch, 0xA116]).generate_state(1)[0])
 
 
+def load_encoder_file(model: nn.Module, path: str) -> None:
+    """Load ``model.encoder_weights`` into ``model.encoder`` (an :class:`Encoder`) and log what happened."""
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, Encoder):
+        raise MedsegError(f"model.encoder_weights: model {type(model).__name__} has no registered encoder "
+                          "(no 'encoder' attribute that is a medseg Encoder) to load weights into")
+    report = load_encoder_weights(encoder, path)
+    logger.info("encoder weights: %d tensors from %s%s%s", report.loaded, path,
+                f"; first conv adapted to the input channels ({', '.join(report.adapted)})"
+                if report.adapted else "",
+                f"; {len(report.classifier)} classifier keys ignored" if report.classifier else "")
+
+
+class ModelEMA:
+    """Exponential moving average of a model's parameters and floating-point buffers (integer buffers are
+    copied): ``ema = decay * ema + (1 - decay) * current`` after every optimiser step, from a copy of the
+    initial weights (as timm's ``ModelEmaV2``). ``module`` is the averaged model, kept in eval mode."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = float(decay)
+        self.module = copy.deepcopy(model).eval()
+        for parameter in self.module.parameters():
+            parameter.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        current = model.state_dict()
+        for key, value in self.module.state_dict().items():
+            if value.is_floating_point():
+                value.lerp_(current[key].to(value.dtype), 1.0 - self.decay)
+            else:
+                value.copy_(current[key])
+
+
+class MultiScale:
+    """Per-batch training size drawn from ``train.multi_scale`` (M2SNet / U-Net v2 multi-scale training).
+
+    Integers are absolute sizes (every spatial axis), floats factors of the batch's own size; sizes are
+    rounded to a multiple of the model's input multiple (at least one multiple). The draw is seeded by
+    ``(seed, epoch)`` only, so every DDP rank trains at the same size and a resumed run draws the same
+    sizes."""
+
+    def __init__(self, scales: Sequence[float], multiple: int, seed: int) -> None:
+        self.scales, self.multiple, self.seed = list(scales), max(int(multiple), 1), seed
+        self.absolute = all(isinstance(s, int) for s in self.scales)
+        self.rng = random.Random(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        state = np.random.SeedSequence([self.seed, epoch, 0x5CA1E]).generate_state(1)
+        self.rng = random.Random(int(state[0]))
+
+    def size(self, shape: Sequence[int]) -> list[int]:
+        """The drawn size for a batch of spatial ``shape``."""
+        scale = self.rng.choice(self.scales)
+        sizes = [scale] * len(shape) if self.absolute else [scale * s for s in shape]
+        return [max(self.multiple, round(s / self.multiple) * self.multiple) for s in sizes]
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.size(image.shape[2:])
+        if list(image.shape[2:]) == size:
+            return image, label
+        return resize_to(image, size), resize_nearest(label, size, has_channels=True)
+
+
 # ------------------------------------------------------------------------------------------ validation
 
 
@@ -366,26 +440,30 @@ class Trainer:
     """One training run; build with the resolved config and call :meth:`run`."""
 
     def __init__(self, config: RunConfig, ctx: DistributedContext, paths: RunPaths, device: torch.device,
-                 plan: DataPlan, progress: bool) -> None:
+                 plan: DataPlan, progress: bool, resume: bool = False) -> None:
         self.config, self.ctx, self.paths, self.device, self.plan = config, ctx, paths, device, plan
         self.progress = progress and ctx.is_main
         train = config.train
-        if train.ema_decay is not None:
-            raise MedsegError("train.ema_decay: weight averaging is not implemented yet; leave it null")
         self.options = _model_options(config, plan.spatial_dims)
         model = create_model(config.model.name, in_channels=plan.in_channels, num_classes=plan.num_classes,
                              spatial_dims=plan.spatial_dims, **self.options).to(device)
-        if config.model.encoder_weights is not None:
-            raise MedsegError("model.encoder_weights: loading encoder weights is not implemented yet")
+        if config.model.encoder_weights is not None and not resume:  # on resume the checkpoint has them
+            load_encoder_file(model, config.model.encoder_weights)
         if train.channels_last:
             model = model.to(memory_format=torch.channels_last if plan.spatial_dims == 2
                              else torch.channels_last_3d)
         self.model = model
+        self.ema = ModelEMA(model, train.ema_decay) if train.ema_decay is not None else None
         self.net = wrap_model(model, ctx, device)
         if train.compile:
             self.net = torch.compile(self.net)
         default_loss = model_info(config.model.name)["default_loss"]  # every registered model names one
-        self.loss_fn = build_loss(config.loss.build_spec(config.data.label_mode, default_loss))
+        self.loss_fn = build_loss(config.loss.build_spec(config.data.label_mode, default_loss)).to(device)
+        self.multi_scale = None
+        if train.multi_scale is not None:
+            multiple = (getattr(model, "input_multiple", None)
+                        or model_info(config.model.name)["input_multiple"])
+            self.multi_scale = MultiScale(train.multi_scale, multiple or 1, train.seed)
         self.loader = build_train_loader(
             plan.cache, plan.train_ids, config.data.patch_size, config.data.batch_size,
             config.data.foreground_fraction, train.seed, config.data.num_workers,
@@ -417,6 +495,12 @@ class Trainer:
         load_model_weights(self.model, ckpt, self.paths.last)
         state = restore_training_state(ckpt, optimizer=self.optimizer, scheduler=self.scheduler,
                                        scaler=self.scaler, source=self.paths.last)
+        if self.ema is not None:  # the checkpoint's weights are the average; the trained ones are in extra
+            if "model_state" not in state.extra:
+                raise MedsegError(f"train.ema_decay: {self.paths.last} was written without weight averaging; "
+                                  "resume with train.ema_decay null or start a new run")
+            self.ema.module.load_state_dict(ckpt["state_dict"])
+            self.model.load_state_dict(state.extra["model_state"])
         self.epoch, self.global_step = state.epoch, state.global_step
         self.best_score, self.stale = state.best_score, state.epochs_without_improvement
         self.batches_done = int(state.extra.get("batches_done", 0))
@@ -429,17 +513,25 @@ class Trainer:
             inference["patch_size"] = list(self.config.data.patch_size)
         training = None
         if with_training:
+            extra: dict[str, Any] = {"history": self.history, "batches_done": self.batches_done}
+            if self.ema is not None:
+                extra["model_state"] = {k: v.detach().cpu().clone()
+                                        for k, v in self.model.state_dict().items()}
             training = training_state(
                 epoch=self.epoch, global_step=self.global_step, optimizer=self.optimizer,
                 scheduler=self.scheduler, scaler=self.scaler, best_score=self.best_score,
-                epochs_without_improvement=self.stale,
-                extra={"history": self.history, "batches_done": self.batches_done})
+                epochs_without_improvement=self.stale, extra=extra)
+        saved = self.ema.module if self.ema is not None else self.model
         return make_checkpoint(
-            self.model, name=self.config.model.name, in_channels=self.plan.in_channels,
+            saved, name=self.config.model.name, in_channels=self.plan.in_channels,
             num_classes=self.plan.num_classes, spatial_dims=self.plan.spatial_dims, options=self.options,
             label_mode=self.config.data.label_mode, class_names=self.plan.class_names,
             preprocessing=self.plan.cache.preprocessor.to_dict(), inference=inference,
             config=config_to_dict(self.config), training=training)
+
+    def evaluated_model(self) -> nn.Module:
+        """The model that is validated (and saved): the weight average with ``train.ema_decay``."""
+        return self.ema.module if self.ema is not None else unwrap_model(self.net)
 
     # -------------------------------------------------------------- training
 
@@ -461,6 +553,8 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
         self.scheduler.step()
         self.global_step += 1
 
@@ -471,6 +565,8 @@ class Trainer:
         self.loader.set_epoch(self.epoch)
         augmenter = BatchAugmenter(config.augmentation, self.plan.spatial_dims,
                                    seed=_augmenter_seed(train.seed, self.ctx.rank, self.epoch))
+        if self.multi_scale is not None:
+            self.multi_scale.set_epoch(self.epoch)
         n_batches = min(self.batches_per_epoch, self.total_batches - self.batches_done)
         accumulation = train.grad_accumulation
         memory = torch.channels_last if self.plan.spatial_dims == 2 else torch.channels_last_3d
@@ -485,6 +581,8 @@ class Trainer:
             if config.data.label_mode == "multilabel":
                 label = label.bool()
             image, label = augmenter(image, label)
+            if self.multi_scale is not None:
+                image, label = self.multi_scale(image, label)
             if train.channels_last:
                 image = image.contiguous(memory_format=memory)
             step_now = (self.batches_done + 1) % accumulation == 0 or index == n_batches - 1
@@ -553,7 +651,7 @@ class Trainer:
             row: dict[str, Any] = {"epoch": self.epoch + 1, **self.train_epoch(), "lr": lr}
             last = self.epoch + 1 >= self.epochs or self.batches_done >= self.total_batches
             if (self.epoch + 1) % train.val_every == 0 or last:
-                row.update(self.validator(unwrap_model(self.net)))
+                row.update(self.validator(self.evaluated_model()))
             row["time_s"] = time.perf_counter() - start
             self.epoch += 1
             stopped = self.end_epoch(row)
@@ -595,7 +693,7 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> 
         barrier(ctx)
         plan = prepare_data(config, paths, ctx, resume, progress)
         seed_everything(config.train.seed)  # the same model initialisation whatever the data step drew
-        result = Trainer(config, ctx, paths, device, plan, progress).run(resume)
+        result = Trainer(config, ctx, paths, device, plan, progress, resume=resume).run(resume)
     except BaseException:
         if ctx.enabled:
             import torch.distributed as dist

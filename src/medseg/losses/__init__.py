@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-from medseg.losses import conresnet, perceptual  # noqa: F401  (register)
 from medseg.losses.base import MODES, SegLoss, Targets, prepare_targets
 from medseg.losses.boundary import (
     BoundaryLoss,
@@ -18,7 +17,9 @@ from medseg.losses.boundary import (
     target_distance_maps,
 )
 from medseg.losses.compound import ComboLoss, CompoundLoss, DiceCELoss, ExpLogLoss, build_loss
+from medseg.losses.conresnet import ConResNetLoss, residual_targets
 from medseg.losses.deep_supervision import DeepSupervisionLoss, deep_supervision_weights
+from medseg.losses.perceptual import LossNet, M2SNetLoss
 from medseg.losses.pixel import (
     BalancedBCELoss,
     BCELoss,
@@ -36,6 +37,7 @@ __all__ = [
     "BalancedBCELoss",
     "BoundaryLoss",
     "ComboLoss",
+    "ConResNetLoss",
     "CompoundLoss",
     "CrossEntropyLoss",
     "DeepSupervisionLoss",
@@ -47,6 +49,8 @@ __all__ = [
     "FocalTverskyLoss",
     "GeneralizedDiceLoss",
     "JaccardLoss",
+    "LossNet",
+    "M2SNetLoss",
     "SegLoss",
     "StructureLoss",
     "Targets",
@@ -60,6 +64,7 @@ __all__ = [
     "list_losses",
     "loss_options",
     "prepare_targets",
+    "residual_targets",
     "register_loss",
     "signed_distance_map",
     "signed_distance_maps",

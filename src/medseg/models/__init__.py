@@ -1,7 +1,7 @@
 """The model zoo: importing this package registers every model."""
 
-from medseg.models import conresnet  # noqa: F401  (register)
 from medseg.models.attention_unet import AttentionUNet
+from medseg.models.conresnet import ConResNet
 from medseg.models.m2snet import M2SNet, MSNet
 from medseg.models.r2unet import R2UNet
 from medseg.models.unet import UNet, UNetDecoder, UNetEncoder
@@ -10,5 +10,7 @@ from medseg.models.unetpp import UNetPlusPlus
 from medseg.models.unext import UNeXt
 from medseg.models.vnet import VNet
 
-__all__ = ["AttentionUNet", "EncoderUNet", "M2SNet", "MSNet", "R2UNet", "UNeXt", "UNet", "UNetDecoder",
-           "UNetEncoder", "UNetPlusPlus", "UNetV2", "VNet"]
+__all__ = [
+    "AttentionUNet", "ConResNet", "EncoderUNet", "M2SNet", "MSNet", "R2UNet", "UNeXt", "UNet",
+    "UNetDecoder", "UNetEncoder", "UNetPlusPlus", "UNetV2", "VNet",
+]

@@ -120,7 +120,7 @@ SMALL_OPTIONS = {"encoder": "resnet18", "encoder_options": {"widths": (8, 16, 32
     paper="Zhao et al. 2023, M2SNet: Multi-scale in Multi-scale Subtraction Network for Medical Image "
           "Segmentation",
     dims=(2, 3),
-    default_loss="structure",
+    default_loss="m2snet",
     input_multiple=32,
     references=[Reference(options=dict(PAPER_OPTIONS), params=27_692_585,
                           source=f"{OFFICIAL_CODE} M2SNet (Res2Net-50 v1b 26w4s, no fc)")],
@@ -135,7 +135,7 @@ def build_m2snet(*, in_channels: int, num_classes: int, spatial_dims: int, **opt
     "msnet",
     paper="Zhao et al. 2021, Automatic Polyp Segmentation via Multi-scale Subtraction Network (MICCAI)",
     dims=(2, 3),
-    default_loss="structure",
+    default_loss="m2snet",
     input_multiple=32,
     references=[Reference(options=dict(PAPER_OPTIONS), params=27_692_329,
                           source=f"{OFFICIAL_CODE} MSNet (Res2Net-50 v1b 26w4s, no fc)")],
