@@ -49,6 +49,17 @@ def test_all_ones_5x5_and_cubic_3d_windows() -> None:
     assert out[0, 1, 0, 1, 1].item() == pytest.approx(18 * 2)
 
 
+@pytest.mark.parametrize(("spatial_dims", "kernel_size", "size"),
+                         [(2, 3, 6), (2, 5, 7), (3, 3, 4), (3, 5, 3)])
+def test_window_sum_equals_the_convolution_with_the_all_ones_buffer(spatial_dims: int, kernel_size: int,
+                                                                     size: int) -> None:
+    f = AllOnesFilter(spatial_dims, 4, kernel_size)
+    x = torch.randn(2, 4, *[size] * spatial_dims)
+    conv = torch.nn.functional.conv2d if spatial_dims == 2 else torch.nn.functional.conv3d
+    expected = conv(x, f.weight, None, 1, kernel_size // 2)
+    torch.testing.assert_close(f.filter(x), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_all_ones_filter_is_a_fixed_buffer_not_a_parameter() -> None:
     f = AllOnesFilter(2, 4, 5)
     assert f.weight.shape == (4, 4, 5, 5) and bool((f.weight == 1).all())

@@ -34,10 +34,13 @@ def conv_bn_relu(spatial_dims: int, in_channels: int, out_channels: int) -> Conv
 
 class AllOnesFilter(nn.Module):
     """One intra-level scale of M2SNet: a fixed all-ones ``k x k`` (``k^3`` in 3D) filter over all
-    channels (no bias, "same" padding), then a learnable batch norm and ReLU.
+    channels (no bias, "same" zero padding), then a learnable batch norm and ReLU.
 
     The all-ones weight is a non-persistent buffer: it is never trained, never counted as a parameter
     and not stored in state dicts (the official code keeps it outside the module's parameters too).
+    The forward does not convolve with it: every output channel of an all-ones full-channel filter is
+    the same ``k^d`` window sum of the channel sum, so ``window_sum(Σ_c x)`` gives the identical result
+    in O(C + k^d) per voxel instead of O(C² k^d) (M2SNet's 17.5 GMACs at 256 become MSNet's 8.9).
     """
 
     def __init__(self, spatial_dims: int, channels: int, kernel_size: int) -> None:
@@ -47,15 +50,22 @@ class AllOnesFilter(nn.Module):
             raise MedsegError(f"filter_sizes must be odd and >= 3 (the plain difference is the 1x1 scale), "
                               f"got {kernel_size}")
         self.spatial_dims = spatial_dims
-        self.padding = kernel_size // 2
+        self.kernel_size = kernel_size
         self.register_buffer("weight", torch.ones(channels, channels, *[kernel_size] * spatial_dims),
                              persistent=False)
         self.norm = layers.norm("batch", spatial_dims, channels)
         self.act = layers.activation("relu")
 
+    def filter(self, x: Tensor) -> Tensor:
+        """``conv(x, self.weight, padding=k // 2)`` computed as the window sum of the channel sum."""
+        k, pad = self.kernel_size, self.kernel_size // 2
+        total = F.pad(x.sum(dim=1, keepdim=True), [pad] * (2 * self.spatial_dims))
+        pool = F.avg_pool2d if self.spatial_dims == 2 else F.avg_pool3d
+        window_sum = pool(total, k, stride=1) * float(k**self.spatial_dims)
+        return window_sum.expand(-1, self.weight.shape[0], *window_sum.shape[2:])
+
     def forward(self, x: Tensor) -> Tensor:
-        conv = F.conv2d if self.spatial_dims == 2 else F.conv3d
-        return self.act(self.norm(conv(x, self.weight, None, 1, self.padding)))
+        return self.act(self.norm(self.filter(x)))
 
 
 class MultiScaleFilters(nn.Module):
