@@ -38,7 +38,7 @@ def tiny_config(tmp: Path, run: str = "run", **train_options: Any) -> dict[str, 
         "model": {"name": "unet", "options": {"features": 4, "depth": 2}},
         "loss": {"losses": [{"name": "dice"}, {"name": "bce"}]},
         "optim": {"name": "adam", "lr": 0.01},
-        "train": {"epochs": 3, "iterations_per_epoch": 2, "device": "cpu", "seed": 0, **train_options},
+        "train": {"epochs": 3, "iterations_per_epoch": None, "device": "cpu", "seed": 0, **train_options},
         "augmentation": dict(NO_AUGMENTATION),
     }
 
@@ -68,6 +68,12 @@ def test_run_writes_everything_and_learns(tmp_path: Path) -> None:
     model = build_model_from_checkpoint(run / "best.pt")
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
     assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["train"]["epochs"] == 4
+
+
+def test_iterations_per_epoch_cuts_a_whole_image_pass_short(tmp_path: Path) -> None:
+    config = config_from_dict(tiny_config(tmp_path, epochs=2, iterations_per_epoch=1))
+    train(config, progress=False)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["training"]["global_step"] == 2  # not 2 x 3 batches
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -269,7 +269,8 @@ MAX_SCALE_FACTOR = 8.0
 @dataclass
 class TrainConfig:
     """The training loop. ``iterations`` (total batches), when given, replaces ``epochs``;
-    ``iterations_per_epoch`` None is one pass over the training cases (whole-image mode). Validation every
+    ``iterations_per_epoch`` None is one pass over the training cases in whole-image mode (a number caps
+    the pass: each epoch then sees a different seeded subset) and 250 batches in patch mode. Validation every
     ``val_every`` epochs computes ``val_metrics``; ``best_metric`` selects ``best.pt``; early stopping
     after ``early_stopping_patience`` validations without improvement; ``max_minutes`` stops at the first
     epoch end past that training time (the best checkpoint so far stays). ``amp`` ``auto``: bf16 on a GPU

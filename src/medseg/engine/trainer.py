@@ -470,6 +470,9 @@ class Trainer:
             batches_per_epoch=train.iterations_per_epoch or DEFAULT_PATCH_BATCHES, rank=ctx.rank,
             world_size=ctx.world_size)
         self.batches_per_epoch = len(self.loader)
+        if config.data.patch_size is None and train.iterations_per_epoch is not None:
+            # whole images: an epoch is one seeded pass, cut short to a (per-epoch random) subset
+            self.batches_per_epoch = min(self.batches_per_epoch, train.iterations_per_epoch)
         self.total_batches = train.total_iterations(self.batches_per_epoch)
         self.epochs = train.total_epochs(self.batches_per_epoch)
         # an optimiser step every grad_accumulation batches and at the end of every epoch
