@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_grads_finite, random_input
+from helpers import assert_encoder_grads_finite, random_input
 from medseg.encoders import Encoder, create_encoder
 from medseg.encoders.res2net import Res2NetBottleneck
 from medseg.errors import MedsegError
@@ -191,15 +191,7 @@ def test_scale_and_base_width_options() -> None:
 def test_grads_finite(spatial_dims: int) -> None:
     encoder = create_encoder("res2net50d", spatial_dims=spatial_dims, in_channels=4, **SMALL)
 
-    class Summed(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return sum(f.mean() for f in self.encoder(x))
-
-    assert_grads_finite(Summed(), random_input(spatial_dims, size=32))
+    assert_encoder_grads_finite(encoder, random_input(spatial_dims, size=32))
 
 
 def test_bad_options() -> None:

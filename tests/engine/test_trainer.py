@@ -47,6 +47,24 @@ def losses(history: list[dict[str, Any]]) -> list[float]:
     return [row["train_loss"] for row in history]
 
 
+def crash_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: dict[str, Any]) -> Any:
+    """Train ``tmp_path/split`` with ``settings``, crash after the first epoch's checkpoint, then resume."""
+    original = trainer_module.Trainer.end_epoch
+
+    def crash_after_first(self: trainer_module.Trainer, row: dict[str, Any]) -> bool:
+        stop = original(self, row)
+        if self.epoch == 1:
+            raise KeyboardInterrupt("simulated crash after the first checkpoint")
+        return stop
+
+    config = config_from_dict(tiny_config(tmp_path, "split", **settings))
+    monkeypatch.setattr(trainer_module.Trainer, "end_epoch", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    monkeypatch.setattr(trainer_module.Trainer, "end_epoch", original)
+    return train(config, resume=True, progress=False)
+
+
 def test_run_writes_everything_and_learns(tmp_path: Path) -> None:
     config = config_from_dict(tiny_config(tmp_path, epochs=4, grad_accumulation=2))
     result = train(config, progress=False)
@@ -80,20 +98,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path: Path, monkeypatch: pytest
     settings = {"epochs": 3, "val_every": 2}
     full = train(config_from_dict(tiny_config(tmp_path, "full", **settings)), progress=False)
 
-    original = trainer_module.Trainer.end_epoch
-
-    def crash_after_first(self: trainer_module.Trainer, row: dict[str, Any]) -> bool:
-        stop = original(self, row)
-        if self.epoch == 1:
-            raise KeyboardInterrupt("simulated crash after the first checkpoint")
-        return stop
-
-    config = config_from_dict(tiny_config(tmp_path, "split", **settings))
-    monkeypatch.setattr(trainer_module.Trainer, "end_epoch", crash_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, progress=False)
-    monkeypatch.setattr(trainer_module.Trainer, "end_epoch", original)
-    resumed = train(config, resume=True, progress=False)
+    resumed = crash_then_resume(tmp_path, monkeypatch, settings)
     assert resumed.epochs_run == 3 and len(resumed.history) == 3
     assert losses(resumed.history) == pytest.approx(losses(full.history), abs=1e-7, rel=0)
     assert resumed.best_score == pytest.approx(full.best_score, abs=1e-7)
@@ -245,20 +250,7 @@ def test_ema_weights_are_saved_and_resume_matches(tmp_path: Path, monkeypatch: p
     trained = ckpt["training"]["extra"]["model_state"]
     assert any(not torch.equal(ckpt["state_dict"][k], trained[k]) for k in trained)  # the average differs
 
-    original = trainer_module.Trainer.end_epoch
-
-    def crash_after_first(self: trainer_module.Trainer, row: dict[str, Any]) -> bool:
-        stop = original(self, row)
-        if self.epoch == 1:
-            raise KeyboardInterrupt("simulated crash")
-        return stop
-
-    config = config_from_dict(tiny_config(tmp_path, "split", **settings))
-    monkeypatch.setattr(trainer_module.Trainer, "end_epoch", crash_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, progress=False)
-    monkeypatch.setattr(trainer_module.Trainer, "end_epoch", original)
-    resumed = train(config, resume=True, progress=False)
+    resumed = crash_then_resume(tmp_path, monkeypatch, settings)
     assert losses(resumed.history) == pytest.approx(losses(full.history), abs=1e-7, rel=0)
     assert [r["val_dice"] for r in resumed.history] == pytest.approx([r["val_dice"] for r in full.history])
     other = load_checkpoint(tmp_path / "split" / "last.pt")
