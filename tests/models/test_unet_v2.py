@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import medseg
+from medseg.encoders import create_encoder, load_encoder_weights
 from medseg.encoders.base import Encoder
 from medseg.errors import MedsegError
 from medseg.models.unet_v2 import UNetV2, UpsampledLevels
@@ -133,6 +134,19 @@ def test_upsampled_levels_pyramid() -> None:
                                                       (7, 2, 2)]
     with pytest.raises(MedsegError, match="fine_levels"):
         UpsampledLevels(StandIn(first=2), (6, 4))
+
+
+def test_pretrained_pvt_file_loads_into_the_ablation_pyramid(tmp_path) -> None:  # noqa: ANN001
+    # a plain PVT weight file fits the wrapped encoder: only the added fine levels are not in it
+    pvt = create_encoder("pvt_v2_b0", in_channels=3, **SMALL_PVT)
+    path = tmp_path / "pvt.pth"
+    torch.save(pvt.state_dict(), path)
+    model = medseg.create_model("unet_pvt", in_channels=3, num_classes=1, encoder="pvt_v2_b0",
+                                encoder_options=SMALL_PVT, fine_levels=(8, 4))
+    report = load_encoder_weights(model.encoder, path)
+    assert report.loaded == len(pvt.state_dict()) and not report.missing
+    torch.testing.assert_close(model.encoder.encoder.state_dict()["patch_embed.proj.weight"],
+                               pvt.state_dict()["patch_embed.proj.weight"])
 
 
 def test_pvt_ablations_use_the_official_pyramid() -> None:

@@ -33,14 +33,18 @@ class Encoder(nn.Module):
     Subclasses set ``spatial_dims``, ``channels`` (per returned level) and ``reductions`` (the input
     extent divided by the level's extent, e.g. ``[2, 4, 8, 16, 32]`` for a ResNet), and
     ``first_conv`` (the state-dict key of the stem's first convolution weight, adapted to
-    ``in_channels`` when weights are loaded). ``forward(x)`` returns ``len(channels)`` maps.
+    ``in_channels`` when weights are loaded), and ``new_layers`` when they add layers that weight files
+    do not have. ``forward(x)`` returns ``len(channels)`` maps.
     """
 
     spatial_dims: int = 2
     channels: list[int]
     reductions: list[int]
     first_conv: str | None = None
-    __jit_ignored_attributes__ = ["first_conv"]
+    new_layers: tuple[str, ...] = ()
+    """State-dict key prefixes of layers that pretrained files do not have (added by a model around a
+    standard network): their keys may be missing from a weight file."""
+    __jit_ignored_attributes__ = ["first_conv", "new_layers"]
 
     @property
     def input_multiple(self) -> int:
@@ -295,7 +299,8 @@ def load_encoder_weights(encoder: Encoder, path: str | Path, *, strict: bool = T
     own = encoder.state_dict()
     ignored = [k for k in state if k not in own and k.startswith(CLASSIFIER_PREFIXES)]
     unexpected = [k for k in state if k not in own and k not in ignored]
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")
+               and not k.startswith(tuple(encoder.new_layers))]
     adapted: list[str] = []
     mismatched: list[str] = []
     usable: dict[str, Tensor] = {}

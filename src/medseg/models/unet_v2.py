@@ -63,6 +63,7 @@ class UpsampledLevels(Encoder):
         self.reductions = [encoder.reductions[0] // 2 ** (k + 1) for k in reversed(range(len(widths)))]
         self.reductions += list(encoder.reductions)
         self.first_conv = f"encoder.{encoder.first_conv}" if encoder.first_conv else None
+        self.new_layers = ("fine.", *(f"encoder.{prefix}" for prefix in encoder.new_layers))
 
     def convert_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         return {f"encoder.{k}": v for k, v in self.encoder.convert_state_dict(state).items()}
