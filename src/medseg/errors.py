@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class MedsegError(ValueError):
     """Base class of the errors caused by bad input (names, sizes, files, configs)."""
@@ -21,3 +24,11 @@ def check_choice(key: str, value: object, allowed: object) -> object:
     if value not in choices:
         raise MedsegError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
     return value
+
+
+def unknown_name_message(kind: str, name: str, known: Iterable[str]) -> str:
+    """``unknown {kind} 'name'; did you mean a, b?`` (the closest known names), or the list of all of them."""
+    names = sorted(known)
+    close = difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known {kind}s: {', '.join(names)}"
+    return f"unknown {kind} {name!r}{hint}"

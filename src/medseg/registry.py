@@ -6,14 +6,13 @@ Models register themselves with :func:`register_model`; users create them with
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-from medseg.errors import MedsegError, UnknownModelError
+from medseg.errors import MedsegError, UnknownModelError, unknown_name_message
 
 
 @dataclass(frozen=True)
@@ -94,10 +93,7 @@ def get_entry(name: str) -> ModelEntry:
     key = _ALIASES.get(key, key)
     if key in _MODELS:
         return _MODELS[key]
-    known = sorted([*_MODELS, *_ALIASES])
-    close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; known models: {', '.join(known)}"
-    raise UnknownModelError(f"unknown model {name!r}{hint}")
+    raise UnknownModelError(unknown_name_message("model", name, [*_MODELS, *_ALIASES]))
 
 
 def alias_defaults(name: str) -> dict[str, Any]:

@@ -9,7 +9,6 @@ names for the same network, so a weight file saved from timm (or converted by th
 
 from __future__ import annotations
 
-import difflib
 import json
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, unknown_name_message
 
 CLASSIFIER_PREFIXES = ("fc.", "head.", "classifier.", "pre_logits.", "last_linear.", "head_drop.")
 """Keys of classification heads: present in ImageNet weight files, never part of an encoder."""
@@ -108,10 +107,7 @@ def get_encoder_entry(name: str) -> EncoderEntry:
     key = _ALIASES.get(name.lower(), name.lower())
     if key in _ENCODERS:
         return _ENCODERS[key]
-    known = sorted([*_ENCODERS, *_ALIASES])
-    close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; known encoders: {', '.join(known)}"
-    raise MedsegError(f"unknown encoder {name!r}{hint}")
+    raise MedsegError(unknown_name_message("encoder", name, [*_ENCODERS, *_ALIASES]))
 
 
 def list_encoders() -> list[str]:
