@@ -130,50 +130,21 @@ SMALL_OPTIONS = {"channels": (4, 8, 20, 24, 32)}  # token widths that split into
 LOSS = "dice_ce"  # sigmoid Dice + BCE for binary data; the paper's 0.5 BCE + Dice is configs/unext-isic.yaml
 
 
-def _reference(channels: Sequence[int], params: int, source: str) -> Reference:
-    options = {"in_channels": 3, "num_classes": 1, "spatial_dims": 2, "channels": tuple(channels)}
-    return Reference(options=options, params=params, source=source)
-
-
-@register_model(
-    "unext",
-    paper=PAPER,
-    dims=(2, 3),
-    default_loss=LOSS,
-    input_multiple=32,
-    references=[_reference(UNEXT_CHANNELS, 1_471_921, "official archs.py UNext (paper: 1.47 M)")],
-    small_options=SMALL_OPTIONS,
+VARIANTS = (
+    ("unext", UNEXT_CHANNELS, 1_471_921, "official archs.py UNext (paper: 1.47 M)"),
+    ("unext_s", UNEXT_S_CHANNELS, 253_561, "official archs.py UNext_S"),
+    ("unext_paper", UNEXT_PAPER_CHANNELS, 1_580_961, "UNeXt paper Sec. 2 widths 32/64/128/160/256"),
 )
+"""The registered names: the official code's widths, UNeXt-S, and the widths of the paper's text."""
+
+
 def build_unext(*, in_channels: int, num_classes: int, spatial_dims: int, **options) -> UNeXt:
-    """Build :class:`UNeXt` with the official code's widths 16/32/128/160/256 (``channels`` overrides)."""
+    """Build :class:`UNeXt`; the registered variants differ in their default ``channels``."""
     return UNeXt(spatial_dims, in_channels, num_classes, **options)
 
 
-@register_model(
-    "unext_s",
-    paper=PAPER,
-    dims=(2, 3),
-    default_loss=LOSS,
-    input_multiple=32,
-    references=[_reference(UNEXT_S_CHANNELS, 253_561, "official archs.py UNext_S")],
-    small_options=SMALL_OPTIONS,
-    defaults={"channels": UNEXT_S_CHANNELS},
-)
-def build_unext_s(*, in_channels: int, num_classes: int, spatial_dims: int, **options) -> UNeXt:
-    """Build UNeXt-S: :class:`UNeXt` with widths 8/16/32 and tokens 64/128."""
-    return UNeXt(spatial_dims, in_channels, num_classes, **options)
-
-
-@register_model(
-    "unext_paper",
-    paper=PAPER,
-    dims=(2, 3),
-    default_loss=LOSS,
-    input_multiple=32,
-    references=[_reference(UNEXT_PAPER_CHANNELS, 1_580_961, "UNeXt paper Sec. 2 widths 32/64/128/160/256")],
-    small_options=SMALL_OPTIONS,
-    defaults={"channels": UNEXT_PAPER_CHANNELS},
-)
-def build_unext_paper(*, in_channels: int, num_classes: int, spatial_dims: int, **options) -> UNeXt:
-    """Build :class:`UNeXt` with the widths of the paper's text, 32/64/128/160/256."""
-    return UNeXt(spatial_dims, in_channels, num_classes, **options)
+for _name, _channels, _params, _source in VARIANTS:
+    _reference_options = {"in_channels": 3, "num_classes": 1, "spatial_dims": 2}
+    register_model(_name, paper=PAPER, dims=(2, 3), default_loss=LOSS, input_multiple=32,
+                   references=[Reference(options=_reference_options, params=_params, source=_source)],
+                   small_options=SMALL_OPTIONS, defaults={"channels": _channels})(build_unext)
