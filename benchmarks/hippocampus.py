@@ -6,7 +6,7 @@ normalisation, the epochs, batches per epoch and time limit, batch, nnU-Net's SG
 lr ``--lr``, poly decay), the engine's default 3D augmentation with a third of the patches on foreground,
 Dice + CE for every model (``--loss default``: each model's own loss), training from scratch, Gaussian
 sliding-window prediction (step 0.5) without postprocessing. Each model has its registry defaults, except
-our U-Net, built with the peer's layout (widths 32/32/64/128/256, 4 poolings, instance norm, leaky ReLU;
+our U-Net, built with the peer's layout (widths 32/32/64/128/256, 4 poolings, instance norm, leaky ReLU 0.1;
 no deep supervision, as the loss is the same for all) so that the two U-Nets differ only in their code.
 (``configs/unet3d-hippocampus.yaml``'s 3-pooling U-Net learns much more slowly in a short budget: on the
 same 40 batches its Dice + CE stalls near 0.96 while the 4-pooling form reaches 0.59.) The patch must
@@ -47,7 +47,7 @@ TASK = Task(name="hippocampus", title="Hippocampus segmentation on MSD Task04: 3
             default_root=ROOT.parent / "shared" / "data" / "msd-task04-hippocampus",
             base_config=base_config, columns=COLUMNS, fair_loss="dice_ce",
             model_options={"unet": {"features": [32, 32, 64, 128, 256], "norm": "instance",
-                                    "act": "leaky_relu"}},
+                                    "act": "leaky_relu:0.1"}},
             notes=["metrics: mean over the test cases per class (`medseg evaluate`); distances in mm with "
                    "the images' spacing; a case whose prediction or mask of a class is empty has no "
                    "distance for that class and is left out of that mean"])

@@ -89,6 +89,9 @@ def test_activations_of_every_kind() -> None:
         assert type(layers.activation(name, 5)) is cls
     assert layers.activation("prelu", 5).weight.numel() == 5
     assert layers.activation("leaky_relu", negative_slope=0.2).negative_slope == 0.2
+    assert layers.activation("leaky_relu:0.1").negative_slope == 0.1
+    with pytest.raises(MedsegError, match="slope"):
+        layers.activation("leaky_relu:steep")
     assert isinstance(layers.activation(None), nn.Identity)
 
 

@@ -135,8 +135,19 @@ def norm(kind: str | None, spatial_dims: int, channels: int, num_groups: int = 8
 
 def activation(kind: str | None, channels: int = 1, inplace: bool = True,
                negative_slope: float = 0.01) -> nn.Module:
-    """An activation: relu, leaky_relu, prelu (a slope per channel), gelu, elu or none."""
+    """An activation: relu, leaky_relu, prelu (a slope per channel), gelu, elu or none.
+
+    ``leaky_relu:0.1`` gives the slope in the name, so that model options and configs can set it
+    (MONAI's BasicUNet uses 0.1, nnU-Net 0.01, the default).
+    """
     kind = (kind or "none").lower()
+    if kind.startswith("leaky_relu:"):
+        try:
+            negative_slope = float(kind.split(":", 1)[1])
+        except ValueError:
+            raise MedsegError(f"activation {kind!r}: the slope after 'leaky_relu:' must be a number") \
+                from None
+        kind = "leaky_relu"
     if kind == "relu":
         return nn.ReLU(inplace=inplace)
     if kind == "leaky_relu":
