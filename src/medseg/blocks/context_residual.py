@@ -64,9 +64,9 @@ class PreActivationConv(NormActConv):
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int = 3,
                  stride: int = 1, dilation: int = 1, num_groups: int = 8) -> None:
-        super().__init__(spatial_dims, in_channels, out_channels, kernel_size, stride, padding="same",
-                         dilation=dilation, norm="group", act="relu", bias=False, num_groups=num_groups)
-        self.conv = standardized_conv(spatial_dims, in_channels, out_channels, kernel_size, stride, dilation)
+        conv = standardized_conv(spatial_dims, in_channels, out_channels, kernel_size, stride, dilation)
+        super().__init__(spatial_dims, in_channels, out_channels, norm="group", act="relu",
+                         num_groups=num_groups, conv=conv)
 
 
 class PreActivationResidualBlock(nn.Module):

@@ -14,16 +14,20 @@ class NormActConv(nn.Sequential):
     """Pre-activation unit: norm, activation, then convolution (He et al. 2016, "Identity Mappings").
 
     The composite function H_l of DenseNet (Huang et al. 2017, Sec. 3) and of FC-DenseNet's layers.
+    ``conv`` replaces the plain convolution (e.g. a weight-standardised one, ConResNet).
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int = 3,
                  stride: int = 1, padding: Padding = "same", dilation: int = 1, norm: str | None = "batch",
-                 act: str | None = "relu", bias: bool = False, num_groups: int = 8) -> None:
+                 act: str | None = "relu", bias: bool = False, num_groups: int = 8,
+                 conv: nn.Module | None = None) -> None:
         super().__init__()
         self.norm = layers.norm(norm, spatial_dims, in_channels, num_groups=num_groups)
         self.act = layers.activation(act, in_channels)
-        self.conv = layers.conv(spatial_dims, in_channels, out_channels, kernel_size, stride, padding,
-                                dilation, bias=bias)
+        if conv is None:
+            conv = layers.conv(spatial_dims, in_channels, out_channels, kernel_size, stride, padding,
+                               dilation, bias=bias)
+        self.conv = conv
 
 
 class DenseLayer(nn.Module):

@@ -59,7 +59,6 @@ class M2SNet(SegmentationModel):
         if channels < 1:
             raise MedsegError(f"channels must be >= 1, got {channels}")
         self.spatial_dims = spatial_dims
-        self.encoder_weights = encoder_weights
         self.encoder = build_encoder(encoder, in_channels=in_channels, spatial_dims=spatial_dims,
                                      weights=encoder_weights, options=encoder_options,
                                      default=DEFAULT_ENCODER)
