@@ -208,11 +208,13 @@ def configure_check(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=_positive_int, default=None, metavar="N",
                         help="label values must lie in 0..N-1 (1: binary, {0, 1}); "
                              "default: the classes of dataset.json, else not checked")
+    _add_channels_suffix(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run_check(args: argparse.Namespace) -> int:
-    report = check_dataset(args.data, num_classes=args.num_classes, progress=not args.no_progress)
+    report = check_dataset(args.data, num_classes=args.num_classes, progress=not args.no_progress,
+                           channels_suffix=args.channels_suffix)
     print("\n".join(report.lines()))
     return 0 if report.ok else 2
 
@@ -348,7 +350,14 @@ def configure_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fill-holes", action="store_true", help="fill holes in each class")
     parser.add_argument("--min-size", type=int, default=0, metavar="N",
                         help="remove components smaller than N voxels (default: 0, keep all)")
+    _add_channels_suffix(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_channels_suffix(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--channels-suffix", action=argparse.BooleanOptionalAction, default=None,
+                        help="read {case}_0000, {case}_0001, ... files as channels of one case (nnU-Net's "
+                             "rule; default: only in the Decathlon/nnU-Net layout, else one case per file)")
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -366,7 +375,8 @@ def run_predict(args: argparse.Namespace) -> int:
                                      min_component_voxels=args.min_size)
     written = predict_paths(checkpoints, source, target, tta=False if args.no_tta else None, step=args.step,
                             save_probabilities=args.probabilities, overlays=not args.no_overlays,
-                            postprocess=options, device=args.device, progress=not args.no_progress)
+                            postprocess=options, device=args.device, progress=not args.no_progress,
+                            channels_suffix=args.channels_suffix)
     print(f"{PROG}: wrote {len(written)} predictions to {Path(target) if len(written) != 1 else written[0]}",
           file=sys.stderr)
     return 0

@@ -9,6 +9,11 @@
   (the Medical Segmentation Decathlon's ``modality``/``labels``/``training`` keys, or nnU-Net v2's
   ``channel_names``/``labels``/``file_ending``). nnU-Net stores one file per channel with the suffixes
   ``_0000``, ``_0001``, ...; the Decathlon's own ``imagesTr`` holds one (possibly 4D) file per case.
+
+The channel-suffix rule (``{case}_{XXXX}`` files are channels of one case) applies only to this layout,
+or where the user declares it (``channels_suffix=True``: the ``data.channels_suffix`` key, or
+``--channels-suffix``). Elsewhere every image file is one case whatever its name: PolypGen's
+``10_endocv2021_positive_0000.jpg`` is a case of its own in a paired folder.
 - **an explicit list**: a CSV file (columns ``image`` or ``image_0``, ``image_1``, ..., ``label``,
   optional ``case_id``) or a JSON file (a list of objects with the same keys, or the Decathlon's
   ``{"training": [...]}``), paths relative to the list's folder.
@@ -123,19 +128,21 @@ class Dataset:
 # Entry points
 # ----------------------------------------------------------------------------------------------------
 
-def load_dataset(path: str | Path, strict: bool = True) -> Dataset:
+def load_dataset(path: str | Path, strict: bool = True, channels_suffix: bool | None = None) -> Dataset:
     """Find the cases of the data set at ``path`` (a folder or a CSV/JSON list), detecting its layout.
 
     Args:
         path: the data set folder, a CSV/JSON list, or a Decathlon ``dataset.json``.
         strict: raise when an image has no mask or a mask no image; when ``False`` such files are
             left out of the cases with a logged warning (they stay listed in ``Dataset.unmatched``).
+        channels_suffix: whether ``{case}_{XXXX}`` files are channels of one case: ``None`` (default)
+            in the Decathlon / nnU-Net layout only, ``True`` in a paired folder too, ``False`` never.
 
     Raises:
         DataError: a missing or empty path, an unknown layout, an unreadable list or ``dataset.json``,
             two masks for one image, duplicate case ids, missing channels, or no case at all.
     """
-    dataset, errors = scan_dataset(path)
+    dataset, errors = scan_dataset(path, channels_suffix)
     if errors:
         raise problems_error(dataset.root, errors, "problems")
     if dataset.unmatched and strict:
@@ -147,9 +154,10 @@ def load_dataset(path: str | Path, strict: bool = True) -> Dataset:
     return dataset
 
 
-def scan_dataset(path: str | Path) -> tuple[Dataset, list[Problem]]:
+def scan_dataset(path: str | Path, channels_suffix: bool | None = None) -> tuple[Dataset, list[Problem]]:
     """The data set at ``path`` and the problems that make its case list wrong (duplicates, ambiguous
-    masks, missing channels, missing listed files), without raising for them.
+    masks, missing channels, missing listed files), without raising for them. ``channels_suffix`` as in
+    :func:`load_dataset`.
 
     Raises:
         DataError: only when no case list can be made at all (missing path, empty folder, unknown layout,
@@ -158,10 +166,17 @@ def scan_dataset(path: str | Path) -> tuple[Dataset, list[Problem]]:
     path = Path(path)
     layout = detect_layout(path)
     if layout == PAIRED:
-        return _scan_paired(path)
+        return _scan_paired(path, channels_suffix is True)
     if layout == DECATHLON:
-        return _scan_decathlon(path.parent if path.is_file() else path)
+        return _scan_decathlon(path.parent if path.is_file() else path, channels_suffix is not False)
     return _scan_list(path)
+
+
+def is_nnunet_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` is an image folder of the Decathlon / nnU-Net layout (``imagesTr/``,
+    ``imagesTs/``, or a folder beside a ``dataset.json``), where the channel-suffix rule applies."""
+    folder = Path(folder)
+    return folder.name in ("imagesTr", "imagesTs") or (folder.parent / "dataset.json").is_file()
 
 
 def detect_layout(path: str | Path) -> str:
@@ -215,18 +230,35 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and image_extension(name) is not None
 
 
-def image_files(folder: Path) -> list[Path]:
-    """The images of ``folder`` (files and DICOM series folders, not recursive), sorted by name; other
-    entries are skipped."""
+def image_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """The images of ``folder`` (files and DICOM series folders), sorted by name; other entries are
+    skipped. With ``recursive``, sub-folders that are not DICOM series are searched too (``images/centre1/
+    x.jpg``); their images follow the folder's own, sub-folder by sub-folder."""
     if not folder.is_dir():
         return []
-    files = []
+    files, folders = [], []
     for entry in _visible_entries(folder):
         if is_image_file(entry):
             files.append(entry)
+        elif recursive and entry.is_dir():
+            folders.append(entry)
         else:
             logger.debug("skipping %s: not an image file", entry)
+    for sub in folders:
+        files += image_files(sub, recursive=True)
     return files
+
+
+#: Joins the sub-folders and the name of an image in a nested folder into its case id.
+NESTED_SEPARATOR = "__"
+
+
+def nested_case_id(path: Path, root: Path) -> str:
+    """The case id of ``path`` found under ``root``: its name without extension, prefixed by its
+    sub-folders joined with ``__`` (``images/centre1/x.jpg`` -> ``centre1__x``), so that predictions of
+    a nested folder can be written side by side and matched to the nested masks."""
+    relative = path.relative_to(root)
+    return NESTED_SEPARATOR.join([*relative.parts[:-1], strip_extension(relative.name)])
 
 
 def _find_folder(root: Path, names: Sequence[str]) -> Path | None:
@@ -261,11 +293,11 @@ def _unique_ids(cases: Iterable[Case]) -> tuple[list[Case], list[Problem]]:
 # Paired folders
 # ----------------------------------------------------------------------------------------------------
 
-def _scan_paired(root: Path) -> tuple[Dataset, list[Problem]]:
+def _scan_paired(root: Path, channels_suffix: bool) -> tuple[Dataset, list[Problem]]:
     images_dir = _find_folder(root, IMAGE_FOLDERS)
     masks_dir = _find_folder(root, MASK_FOLDERS)
     assert images_dir is not None
-    images = image_files(images_dir)
+    images = image_files(images_dir, recursive=True)
     if not images:
         raise DataError(images_dir, "empty folder" if not _visible_entries(images_dir) else "no image files")
     dataset = Dataset(root=root, layout=PAIRED, cases=[])
@@ -273,13 +305,13 @@ def _scan_paired(root: Path) -> tuple[Dataset, list[Problem]]:
         dataset.unmatched.append(Problem(root, f"no masks folder ({', '.join(MASK_FOLDERS)}) beside "
                                                f"{images_dir.name}/"))
         return dataset, []
-    masks = image_files(masks_dir)
+    masks = image_files(masks_dir, recursive=True)
     if not masks:
         dataset.unmatched.append(Problem(masks_dir, f"empty folder: no masks for the {len(images)} images "
                                                     f"of {images_dir.name}/"))
         return dataset, []
-    cases, errors = _unique_ids(Case(strip_extension(p.name), [p]) for p in images)
-    masks_of = match_masks(cases, masks)
+    cases, errors, dataset.num_channels = cases_of_files(images, channels_suffix, root=images_dir)
+    masks_of = match_masks(cases, masks, masks_dir)
     for case in cases:
         found = masks_of[case.case_id]
         if len(found) > 1:
@@ -295,17 +327,19 @@ def _scan_paired(root: Path) -> tuple[Dataset, list[Problem]]:
     return dataset, errors
 
 
-def match_masks(cases: Sequence[Case], masks: Iterable[Path]) -> dict[str, list[Path]]:
+def match_masks(cases: Sequence[Case], masks: Iterable[Path], masks_root: Path | None = None
+                ) -> dict[str, list[Path]]:
     """The masks of each case id: a mask matches the image of the same name (extension aside); else the
     image whose name its name repeats before a mask word (``_mask``, ``_seg``, ``_gt``, ...); else the
-    image whose name, without an image word (``_img``, ``_image``), is that same key."""
+    image whose name, without an image word (``_img``, ``_image``), is that same key. Masks found under
+    ``masks_root`` are named by :func:`nested_case_id` (their sub-folders first)."""
     by_stem = {case.case_id: case.case_id for case in cases}
     by_key = {}
     for case in cases:
         by_key.setdefault(_key(case.case_id, _IMAGE_SUFFIX), case.case_id)
     found: dict[str, list[Path]] = {case.case_id: [] for case in cases}
     for mask in masks:
-        stem = strip_extension(mask.name)
+        stem = nested_case_id(mask, masks_root) if masks_root is not None else strip_extension(mask.name)
         key = _key(stem, _MASK_SUFFIX)
         owner = by_stem.get(stem) or by_stem.get(key) or by_key.get(key)
         if owner is not None:
@@ -368,7 +402,7 @@ def channel_names_from_json(meta: Mapping[str, Any], path: Path) -> list[str] | 
     return [by_index[i] for i in indices]
 
 
-def _scan_decathlon(root: Path) -> tuple[Dataset, list[Problem]]:
+def _scan_decathlon(root: Path, channels_suffix: bool = True) -> tuple[Dataset, list[Problem]]:
     json_path = root / "dataset.json"
     meta = read_dataset_json(json_path) if json_path.is_file() else {}
     channel_names = channel_names_from_json(meta, json_path)
@@ -383,7 +417,8 @@ def _scan_decathlon(root: Path) -> tuple[Dataset, list[Problem]]:
     labels, errors = _unique_ids(Case(strip_extension(p.name), [p]) for p in image_files(labels_dir))
     label_of = {case.case_id: case.images[0] for case in labels}
     expected = len(channel_names) if channel_names else None
-    cases, channel_errors, dataset.num_channels = group_channels(images, set(label_of), expected)
+    cases, channel_errors, dataset.num_channels = cases_of_files(images, channels_suffix, set(label_of),
+                                                                 expected)
     errors += channel_errors
     for case in cases:
         case.label = label_of.get(case.case_id)
@@ -395,10 +430,23 @@ def _scan_decathlon(root: Path) -> tuple[Dataset, list[Problem]]:
     dataset.cases = [case for case in cases if case.label is not None]
     test_images = image_files(root / "imagesTs")
     if test_images:
-        dataset.test_cases, test_errors, _ = group_channels(test_images, set(), expected)
+        dataset.test_cases, test_errors, _ = cases_of_files(test_images, channels_suffix, set(), expected)
         errors += test_errors
     dataset.warnings = _training_list_warnings(meta, json_path, ids)
     return dataset, errors
+
+
+def cases_of_files(files: Sequence[Path], channels_suffix: bool, label_ids: set[str] | None = None,
+                   expected: int | None = None, root: Path | None = None
+                   ) -> tuple[list[Case], list[Problem], int | None]:
+    """The cases of image ``files``: grouped by :func:`group_channels` when ``channels_suffix``, else one
+    case per file under its name (extension aside; files found under ``root`` are named by
+    :func:`nested_case_id`). Returns the cases, problems and channel count."""
+    if channels_suffix:
+        return group_channels(files, label_ids or set(), expected)
+    cases, errors = _unique_ids(
+        Case(nested_case_id(p, root) if root is not None else strip_extension(p.name), [p]) for p in files)
+    return cases, errors, None
 
 
 def group_channels(files: Sequence[Path], label_ids: set[str], expected: int | None

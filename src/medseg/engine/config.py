@@ -89,10 +89,13 @@ class DataConfig:
     background; multilabel: the regions of ``label_mapping``). Validation cases: ``fold`` of ``folds``
     (k-fold cross-validation), else a seeded ``val_fraction``; ``splits_file`` reuses a written split.
     ``foreground_fraction`` of each batch is centred on foreground (nnU-Net's oversampling).
+    ``channels_suffix``: whether ``{case}_{XXXX}`` files are channels of one case (nnU-Net's rule); None
+    applies it in the Decathlon / nnU-Net layout only, so ``x_0000.jpg`` in a paired folder is one case.
     """
 
     root: str | None = None
     layout: Literal["auto", "paired", "decathlon", "list"] = "auto"
+    channels_suffix: bool | None = None
     synthetic: SyntheticDataConfig | None = None
     patch_size: tuple[int, ...] | None = _bounded(None, ge=1)
     resize: tuple[int, ...] | None = _bounded(None, ge=1)

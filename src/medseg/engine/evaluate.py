@@ -45,7 +45,14 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from medseg.data.datasets import Case, image_files, load_dataset, match_masks
+from medseg.data.datasets import (
+    Case,
+    image_files,
+    is_nnunet_folder,
+    load_dataset,
+    match_masks,
+    nested_case_id,
+)
 from medseg.data.geometry import DataError
 from medseg.data.io import case_id, read_image, read_mask
 from medseg.engine.report import Overlay, ReportInfo, write_report
@@ -109,22 +116,29 @@ def _find_child(folder: Path, names: Sequence[str]) -> Path | None:
 
 
 def _images_by_id(folder: Path | None) -> dict[str, Path]:
-    """Images of ``folder`` by case id (nnU-Net's channel suffix stripped: the first channel wins)."""
-    images: dict[str, Path] = {}
-    for path in image_files(folder) if folder is not None else []:
-        images.setdefault(case_id(path, strip_channel=True), path)
-    return images
+    """Images of ``folder`` by case id (in an nnU-Net layout folder the channel suffix is stripped: the
+    first channel wins; elsewhere every file, sub-folders included, is a case under its own name)."""
+    if folder is None:
+        return {}
+    if is_nnunet_folder(folder):
+        images: dict[str, Path] = {}
+        for path in image_files(folder):
+            images.setdefault(case_id(path, strip_channel=True), path)
+        return images
+    return {nested_case_id(path, folder): path for path in image_files(folder, recursive=True)}
 
 
-def _with_images(labels: Sequence[Path], images: dict[str, Path]) -> list[_Truth]:
-    """The label files with their images: the image of the same case id, or the one whose name the
-    label's name repeats before a mask word (``case_mask.png`` -> ``case.png``), whose id it then takes."""
-    owners = match_masks([Case(i, [p]) for i, p in images.items()], labels)
+def _with_images(labels_root: Path, labels: Sequence[Path], images: dict[str, Path]) -> list[_Truth]:
+    """The label files (found under ``labels_root``) with their images: the image of the same case id, or
+    the one whose name the label's name repeats before a mask word (``case_mask.png`` -> ``case.png``),
+    whose id it then takes."""
+    owners = match_masks([Case(i, [p]) for i, p in images.items()], labels, labels_root)
     owner_of = {label: i for i, found in owners.items() if len(found) == 1 for label in found}
     truth = []
     for label in labels:
         owner = owner_of.get(label)
-        truth.append(_Truth(owner or case_id(label), label, images[owner] if owner else None))
+        identifier = owner or nested_case_id(label, labels_root)
+        truth.append(_Truth(identifier, label, images[owner] if owner else None))
     return truth
 
 
@@ -137,8 +151,8 @@ def _dataset_truth(root: Path, labels_dir: Path) -> list[_Truth]:
         cases = []
     truth = [_Truth(c.case_id, c.label, c.images[0]) for c in cases if c.label is not None]
     used = {t.label.resolve() for t in truth}
-    rest = [p for p in image_files(labels_dir) if p.resolve() not in used]
-    return truth + _with_images(rest, _images_by_id(_find_child(root, IMAGE_FOLDERS)))
+    rest = [p for p in image_files(labels_dir, recursive=True) if p.resolve() not in used]
+    return truth + _with_images(labels_dir, rest, _images_by_id(_find_child(root, IMAGE_FOLDERS)))
 
 
 def ground_truth(gt_dir: Path) -> list[_Truth]:
@@ -146,7 +160,8 @@ def ground_truth(gt_dir: Path) -> list[_Truth]:
     labels_dir = _find_child(gt_dir, LABEL_FOLDERS)
     if labels_dir is not None:
         return _dataset_truth(gt_dir, labels_dir)
-    return _with_images(image_files(gt_dir), _images_by_id(_find_child(gt_dir.parent, IMAGE_FOLDERS)))
+    return _with_images(gt_dir, image_files(gt_dir, recursive=True),
+                        _images_by_id(_find_child(gt_dir.parent, IMAGE_FOLDERS)))
 
 
 def match_cases(pred_dir: str | Path, gt_dir: str | Path) -> Matching:

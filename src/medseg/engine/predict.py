@@ -27,7 +27,7 @@ from scipy import ndimage
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from medseg.data.datasets import Case, group_channels, image_files
+from medseg.data.datasets import Case, cases_of_files, image_files, is_nnunet_folder
 from medseg.data.geometry import DataError, Geometry
 from medseg.data.io import case_id, image_extension, lossless_mask_path, read_image, write_image, write_mask
 from medseg.data.preprocess import PreprocessedCase, Preprocessor
@@ -74,6 +74,7 @@ class LoadedModel:
     preprocessing: dict[str, Any]
     inference: dict[str, Any]
     patch_size: tuple[int, ...] | None
+    channels_suffix: bool | None = None
 
 
 def _patch_size(ckpt: Mapping[str, Any]) -> tuple[int, ...] | None:
@@ -103,7 +104,8 @@ def load_models(checkpoints: Sequence[str | Path], device: torch.device) -> list
             class_names=ckpt.get("class_names"), in_channels=int(record["in_channels"]),
             num_classes=int(record["num_classes"]), spatial_dims=int(record["spatial_dims"]),
             preprocessing=dict(ckpt.get("preprocessing") or {}), inference=dict(ckpt.get("inference") or {}),
-            patch_size=_patch_size(ckpt)))
+            patch_size=_patch_size(ckpt),
+            channels_suffix=((ckpt.get("config") or {}).get("data") or {}).get("channels_suffix")))
     _check_compatible(loaded)
     return loaded
 
@@ -171,17 +173,23 @@ class PredictSettings:
         return cls(**values, postprocess=options)
 
 
-def find_cases(input_path: Path, in_channels: int) -> list[Case]:
-    """The cases of a file or a folder: every image file, nnU-Net channel files ``{case}_{XXXX}`` grouped
-    into one case (when the model takes several channels, or the files carry the suffix)."""
+def find_cases(input_path: Path, in_channels: int, channels_suffix: bool | None = None) -> list[Case]:
+    """The cases of a file or a folder: every image file is one case (sub-folders searched too, their
+    images named ``sub__name`` by :func:`~medseg.data.datasets.nested_case_id`), except that nnU-Net
+    channel files ``{case}_{XXXX}`` are grouped into one case when ``channels_suffix`` is true, or when
+    it is ``None`` and the folder belongs to the Decathlon / nnU-Net layout (``imagesTs/``, ``imagesTr/``,
+    beside a ``dataset.json``)."""
     if not input_path.exists():
         raise MedsegError(f"input {input_path}: no such file or folder")
     if input_path.is_file():
         return [Case(case_id(input_path), [input_path])]
-    files = image_files(input_path)
+    if channels_suffix is None:
+        channels_suffix = is_nnunet_folder(input_path)
+    files = image_files(input_path, recursive=not channels_suffix)
     if not files:
         raise MedsegError(f"input folder {input_path} holds no image file")
-    cases, problems, _ = group_channels(files, set(), in_channels if in_channels > 1 else None)
+    expected = in_channels if in_channels > 1 else None
+    cases, problems, _ = cases_of_files(files, channels_suffix, set(), expected, root=input_path)
     if in_channels == 1:  # single-channel models: a lone `_0000` file is a grouped case of one channel
         problems = [p for p in problems if "beyond" not in p.problem]
     if problems:
@@ -366,7 +374,7 @@ def predict_case(models: Sequence[LoadedModel], case: Case, outputs: CaseOutputs
 def predict_paths(checkpoints: Sequence[str | Path], input: str | Path, output: str | Path, *,
                   tta: bool | None = None, step: float | None = None, save_probabilities: bool = False,
                   overlays: bool = True, postprocess: PostprocessOptions | None = None, device: str = "auto",
-                  progress: bool = True) -> list[Path]:
+                  progress: bool = True, channels_suffix: bool | None = None) -> list[Path]:
     """Predict a file or every case of a folder with one checkpoint or an ensemble; returns the masks.
 
     Args:
@@ -380,6 +388,8 @@ def predict_paths(checkpoints: Sequence[str | Path], input: str | Path, output: 
         postprocess: postprocessing options (None: the checkpoint's).
         device: ``auto``, ``cpu`` or ``cuda``.
         progress: a tqdm bar over the cases.
+        channels_suffix: group ``{case}_{XXXX}`` channel files into one case (see :func:`find_cases`;
+            ``None``: the checkpoint's ``data.channels_suffix``, else only in an nnU-Net layout folder).
     """
     torch_device = resolve_device(device, key="--device")
     models = load_models(checkpoints, torch_device)
@@ -395,7 +405,9 @@ def predict_paths(checkpoints: Sequence[str | Path], input: str | Path, output: 
     settings.save_probabilities = save_probabilities
     settings.overlays = overlays
     input_path, output_path = Path(input), Path(output)
-    cases = find_cases(input_path, models[0].in_channels)
+    if channels_suffix is None:
+        channels_suffix = models[0].channels_suffix
+    cases = find_cases(input_path, models[0].in_channels, channels_suffix)
     single_file = input_path.is_file() and image_extension(output_path) is not None
     folder = output_path.parent if single_file else output_path
     source_folder = input_path.parent if input_path.is_file() else input_path

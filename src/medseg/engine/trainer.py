@@ -216,7 +216,7 @@ def prepare_data(config: RunConfig, paths: RunPaths, ctx: DistributedContext, re
         raise MedsegError("data.root: no data set given (a folder or a CSV/JSON list)")
     _ensure_synthetic(config, ctx)
     barrier(ctx)
-    dataset = load_dataset(data.root)
+    dataset = load_dataset(data.root, channels_suffix=data.channels_suffix)
     if not dataset.cases:
         raise MedsegError(f"data.root: no labelled cases found in {data.root}")
     train_ids, val_ids = _split(config, dataset, paths, resume)
