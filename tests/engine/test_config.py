@@ -60,6 +60,15 @@ def test_every_preset_loads_validates_and_builds_its_model(path: Path, tmp_path:
     assert load_config(save_config(config, tmp_path / "config.yaml")) == config
 
 
+def test_validation_metrics_are_case_metrics_and_error_rates_are_lower_is_better() -> None:
+    from medseg.metrics.case import METRIC_NAMES
+
+    assert set(config_module.VAL_METRICS) <= set(METRIC_NAMES)
+    config = load_config(None, ["train.val_metrics=[dice, fpr, fnr]", "train.best_metric=fnr"])
+    assert config.train.best_metric == "fnr"
+    assert {"fpr", "fnr"} <= config_module.LOWER_IS_BETTER and "recall" not in config_module.LOWER_IS_BETTER
+
+
 def test_hippocampus_preset_is_the_nnunet_recipe() -> None:
     config = load_config(CONFIGS / "unet3d-hippocampus.yaml")
     assert (config.data.label_mode, config.data.num_classes, config.spatial_dims) == ("multiclass", 3, 3)

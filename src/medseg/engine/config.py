@@ -50,9 +50,9 @@ class ConfigError(MedsegError):
 LabelMode = Literal["binary", "multiclass", "multilabel"]
 Device = Literal["auto", "cpu", "cuda"]
 
-VAL_METRICS = ("dice", "iou", "precision", "recall", "hd", "hd95", "asd", "assd", "nsd")
+VAL_METRICS = ("dice", "iou", "precision", "recall", "fpr", "fnr", "hd", "hd95", "asd", "assd", "nsd")
 """Validation metrics a run may compute (Dice by default; the distances are opt-in: they cost more)."""
-LOWER_IS_BETTER = frozenset({"hd", "hd95", "asd", "assd"})
+LOWER_IS_BETTER = frozenset({"fpr", "fnr", "hd", "hd95", "asd", "assd"})
 ValMetric = Literal[VAL_METRICS]  # type: ignore[valid-type]
 
 
