@@ -18,6 +18,7 @@ parameter group's initial rate, for ``torch.optim.lr_scheduler.LambdaLR``); new 
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import difflib
 import math
@@ -238,7 +239,8 @@ class OptimConfig:
 class ScheduleConfig:
     """Learning-rate schedule, a factor of each group's initial rate per optimiser step (see
     :func:`lr_factor_function`): ``poly`` ``(1 - t/T)^power`` (nnU-Net, power 0.9), ``cosine`` down to
-    ``min_lr_factor``, ``step`` (times ``gamma`` every ``step_size`` epochs), ``constant``,
+    ``min_lr_factor``, ``step`` (times ``gamma`` every ``step_size`` epochs), ``multistep`` (times
+    ``gamma`` at each of the ``milestones``, epochs of the run, see :func:`_multistep`), ``constant``,
     ``triangular`` (M2SNet's rise and fall, see :func:`_triangular` for its options), or any
     registered name (``options`` for its settings). A linear warm-up from ``warmup_start_factor`` over
     ``warmup_epochs`` or ``warmup_iterations`` comes first."""
@@ -248,6 +250,7 @@ class ScheduleConfig:
     min_lr_factor: float = _bounded(0.0, ge=0, le=1)
     step_size: float = _bounded(30.0, gt=0)
     gamma: float = _bounded(0.1, gt=0)
+    milestones: list[float] | None = _bounded(None, gt=0)
     warmup_epochs: float = _bounded(0.0, ge=0)
     warmup_iterations: int = _bounded(0, ge=0)
     warmup_start_factor: float = _bounded(0.1, ge=0, le=1)
@@ -259,6 +262,9 @@ class ScheduleConfig:
                               f"{_did_you_mean(self.name, _SCHEDULES)}")
         if self.warmup_epochs > 0 and self.warmup_iterations > 0:
             raise ConfigError(f"{key}: give warmup_epochs or warmup_iterations, not both")
+        if self.milestones is not None and self.name != "multistep":
+            raise ConfigError(f"{key}.milestones: only the multistep schedule uses milestones ({key}.name is "
+                              f"{self.name!r})")
         _SCHEDULES[self.name](self, 100, 10)  # builders check their options (ConfigError naming the key)
 
 
@@ -396,6 +402,10 @@ class RunConfig:
                               f"{channels} output channels ({self.data.label_mode})")
         if self.loss.deep_supervision and self.model.options.get("deep_supervision") is False:
             raise ConfigError("loss.deep_supervision: the model has model.options.deep_supervision false")
+        milestones = self.schedule.milestones
+        if milestones and self.train.iterations is None and max(milestones) >= self.train.epochs:
+            raise ConfigError(f"schedule.milestones: {max(milestones):g} is not before the end of the run "
+                              f"(train.epochs {self.train.epochs}); milestones are epochs, not steps")
 
     @property
     def spatial_dims(self) -> int | None:
@@ -689,15 +699,23 @@ ScheduleBuilder = Callable[[ScheduleConfig, int, int], LrFactor]
 """``builder(config, total_steps, steps_per_epoch)`` -> the schedule's factor after warm-up."""
 
 _SCHEDULES: dict[str, ScheduleBuilder] = {}
+_FROM_START: set[str] = set()
 
 
-def register_schedule(name: str) -> Callable[[ScheduleBuilder], ScheduleBuilder]:
-    """Register a schedule builder under ``name`` (a valid ``schedule.name`` from then on)."""
+def register_schedule(name: str, *, from_start: bool = False) -> Callable[[ScheduleBuilder], ScheduleBuilder]:
+    """Register a schedule builder under ``name`` (a valid ``schedule.name`` from then on).
+
+    By default the builder's factor covers the steps after the warm-up (its step 0 is the first step after
+    it, its ``total_steps`` the rest of the run). With ``from_start`` it gets the run's own steps and total
+    (for schedules whose settings name points of the run, such as milestones); the warm-up then overlays
+    its start."""
 
     def decorate(builder: ScheduleBuilder) -> ScheduleBuilder:
         if name in _SCHEDULES:
             raise ValueError(f"schedule {name!r} is registered twice")
         _SCHEDULES[name] = builder
+        if from_start:
+            _FROM_START.add(name)
         return builder
 
     return decorate
@@ -734,6 +752,22 @@ def _step(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> LrF
     """Multiply by ``gamma`` every ``step_size`` epochs (``StepLR``)."""
     every = max(1, round(config.step_size * steps_per_epoch))
     return lambda step: config.gamma ** (max(step, 0) // every)
+
+
+@register_schedule("multistep", from_start=True)
+def _multistep(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> LrFactor:
+    """Multiply by ``gamma`` (0.1 by default) at each of ``milestones``, as PyTorch's ``MultiStepLR`` in
+    its usual once-per-epoch use: the milestones are *epochs* (not optimiser steps), counted from the start
+    of the run, warm-up included (as timm and Detectron2 count them), and may be fractional; milestone
+    ``m`` takes effect from step ``round(m * steps_per_epoch)``, so ``[30, 60]`` gives 1 in epochs 1-30,
+    ``gamma`` in 31-60 and ``gamma**2`` after. A milestone inside the warm-up applies once it ends."""
+    milestones = config.milestones
+    if not milestones:
+        raise ConfigError("schedule.milestones: the multistep schedule needs a list of epochs, e.g. [30, 60]")
+    if any(b <= a for a, b in zip(milestones, milestones[1:], strict=False)):
+        raise ConfigError(f"schedule.milestones: must increase strictly, got {list(milestones)}")
+    starts = [round(m * steps_per_epoch) for m in milestones]
+    return lambda step: config.gamma ** bisect.bisect_right(starts, step)
 
 
 TRIANGULAR_OPTIONS = ("base_factor", "per_epoch", "ratio", "annealing_decay")
@@ -788,17 +822,19 @@ def _triangular(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) 
 
 def lr_factor_function(config: ScheduleConfig, total_steps: int, steps_per_epoch: int = 1) -> LrFactor:
     """The learning-rate factor per optimiser step: linear warm-up from ``warmup_start_factor`` to 1, then
-    the named schedule over the remaining ``total_steps``. Use with ``LambdaLR(optimizer, factor)``."""
+    the named schedule over the remaining ``total_steps`` (over all of them for a schedule registered
+    ``from_start``, e.g. ``multistep``). Use with ``LambdaLR(optimizer, factor)``."""
     if config.name not in _SCHEDULES:
         raise ConfigError(f"schedule.name: {config.name!r} is not one of {', '.join(schedule_names())}")
     warmup = config.warmup_iterations or round(config.warmup_epochs * steps_per_epoch)
     warmup = min(warmup, max(total_steps - 1, 0))
-    main = _SCHEDULES[config.name](config, max(total_steps - warmup, 1), steps_per_epoch)
+    offset = 0 if config.name in _FROM_START else warmup
+    main = _SCHEDULES[config.name](config, max(total_steps - offset, 1), steps_per_epoch)
     start = config.warmup_start_factor
 
     def factor(step: int) -> float:
         if step < warmup:
             return start + (1.0 - start) * step / warmup
-        return float(main(step - warmup))
+        return float(main(step - offset))
 
     return factor
