@@ -170,6 +170,12 @@ def test_errors_name_the_key_and_what_is_allowed(override: str, message: str) ->
     (["train.best_metric=hd95"], r"^train\.best_metric: 'hd95' is not computed; add it to train\.val_"),
     (["optim.param_groups=[{lr: 0.1}]"], r"^optim\.param_groups\[0\]\.match: missing \(required\)$"),
     (["schedule.warmup_epochs=1", "schedule.warmup_iterations=5"], r"^schedule: give warmup_epochs or"),
+    (["model.init_from=best.pt", "model.encoder_weights=r18.pth"],
+     r"^model\.init_from: give init_from \(the whole model\) or encoder_weights \(the encoder\), not both"),
+    (["model.init_skip_mismatched=true"],
+     r"^model\.init_skip_mismatched: only applies with model\.init_from"),
+    (["model.init_skip_mismatched=yes please"], r"^model\.init_skip_mismatched: expected true or false"),
+    (["train.save_every=0"], r"^train\.save_every: must be >= 1, got 0$"),
 ])
 def test_cross_field_rules(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

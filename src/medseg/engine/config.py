@@ -148,7 +148,12 @@ class DataConfig:
 class ModelConfig:
     """``medseg.create_model(name, in_channels, num_classes, spatial_dims, **options)``; None values are
     derived from the data (channels of the images, :meth:`DataConfig.output_channels`, image dims).
-    ``encoder_weights`` is a weight file for models with a pretrained encoder."""
+    ``encoder_weights`` is a weight file for models with a pretrained encoder. ``init_from`` fine-tunes:
+    the whole model starts from a medseg checkpoint (``best.pt``) or a plain state-dict file
+    (``.pt``/``.pth``/``.safetensors``), weights only (no optimiser or epoch state: that is resuming;
+    not applied on resume); every key and shape must fit unless ``init_skip_mismatched``, which keeps the
+    model's own initialisation for the tensors whose shapes differ (e.g. the head for another class
+    count) and logs them."""
 
     name: str = "unet"
     in_channels: int | None = _bounded(None, ge=1)
@@ -156,6 +161,8 @@ class ModelConfig:
     spatial_dims: Literal[2, 3] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     encoder_weights: str | None = None
+    init_from: str | None = None
+    init_skip_mismatched: bool = False
 
     def check(self, key: str) -> None:
         from medseg.registry import get_entry
@@ -164,6 +171,12 @@ class ModelConfig:
             get_entry(self.name)
         except MedsegError as exc:
             raise ConfigError(f"{key}.name: {exc}") from None
+        if self.init_from is not None and self.encoder_weights is not None:
+            raise ConfigError(f"{key}.init_from: give init_from (the whole model) or encoder_weights (the "
+                              "encoder), not both")
+        if self.init_skip_mismatched and self.init_from is None:
+            raise ConfigError(f"{key}.init_skip_mismatched: only applies with {key}.init_from (a weight "
+                              "file)")
 
 
 @dataclass
@@ -285,7 +298,9 @@ class TrainConfig:
     a size drawn (seeded) from the list, after augmentation: integers are absolute sizes (every axis; M2SNet
     ``[224, 256, 288, 320, 352]``), numbers with a fractional part make it a list of factors of the batch's
     size (U-Net v2 ``[0.75, 1, 1.25]``); rounded to a multiple of the model's input multiple; images
-    resized bi/trilinearly, labels by nearest neighbour."""
+    resized bi/trilinearly, labels by nearest neighbour. ``save_every``: besides ``last.pt`` and ``best.pt``
+    keep a checkpoint every that many epochs (``epoch_0010.pt``: the content of ``last.pt`` then, training
+    state included, so it can be copied to ``last.pt`` to resume from there)."""
 
     epochs: int = _bounded(100, ge=1)
     iterations: int | None = _bounded(None, ge=1)
@@ -304,6 +319,7 @@ class TrainConfig:
     device: Device = "auto"
     ema_decay: float | None = _bounded(None, gt=0, lt=1)
     multi_scale: list[int] | list[float] | None = _bounded(None, gt=0)  # ints first: YAML ints stay ints
+    save_every: int | None = _bounded(None, ge=1)
 
     def check(self, key: str) -> None:
         if self.multi_scale is not None:
