@@ -421,7 +421,8 @@ class RunConfig:
         milestones = self.schedule.milestones
         if milestones and self.train.iterations is None and max(milestones) >= self.train.epochs:
             raise ConfigError(f"schedule.milestones: {max(milestones):g} is not before the end of the run "
-                              f"(train.epochs {self.train.epochs}); milestones are epochs, not steps")
+                              f"(train.epochs {self.train.epochs}), so it would never apply; milestones are "
+                              "epochs, not steps")
 
     @property
     def spatial_dims(self) -> int | None:
