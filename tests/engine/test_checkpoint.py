@@ -317,6 +317,9 @@ def test_initial_weights_of_another_architecture_fail_even_when_skipping(tmp_pat
     (tmp_path / "broken.pt").write_bytes(b"no weights")
     with pytest.raises(CheckpointError, match=r"^checkpoint \S*broken\.pt cannot be read"):
         load_initial_weights(tiny_model(), tmp_path / "broken.pt")
+    save_checkpoint(tmp_path / "odd.pt", {**checkpoint_of(tiny_model()), "state_dict": {"w": [1.0]}})
+    with pytest.raises(CheckpointError, match=r"^checkpoint \S*odd\.pt has no state_dict of tensors$"):
+        load_initial_weights(tiny_model(), tmp_path / "odd.pt")
     torch.save({"weights": [1, 2]}, tmp_path / "list.pt")
     with pytest.raises(CheckpointError, match=r"list\.pt: expected a mapping of tensor names to tensors"):
         load_initial_weights(tiny_model(), tmp_path / "list.pt")

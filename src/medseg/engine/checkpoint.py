@@ -237,9 +237,11 @@ def read_model_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
         if _is_medseg_checkpoint(state):
             _check_format(state, path)
             weights = state.get("state_dict")
-            if not isinstance(weights, Mapping):
-                raise CheckpointError(f"checkpoint {path} has no state_dict")
-            return dict(weights), dict(state["model"]) if isinstance(state["model"], Mapping) else None
+            if not isinstance(weights, Mapping) or \
+                    not all(isinstance(v, torch.Tensor) for v in weights.values()):
+                raise CheckpointError(f"checkpoint {path} has no state_dict of tensors")
+            record = state["model"]
+            return dict(weights), (dict(record) if isinstance(record, Mapping) else None)
     try:
         weights = read_state_dict(path)
     except MedsegError as exc:
