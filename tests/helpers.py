@@ -1,6 +1,12 @@
-"""Assertions shared by the test modules (importable because pytest puts tests/ on the path)."""
+"""Assertions and file writers shared by the test modules (importable because pytest puts tests/ on the
+path)."""
 
 from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
@@ -33,3 +39,17 @@ class SummedFeatures(torch.nn.Module):
 def assert_encoder_grads_finite(encoder: torch.nn.Module, x: torch.Tensor) -> None:
     """:func:`assert_grads_finite` through every feature map of a multi-level encoder."""
     assert_grads_finite(SummedFeatures(encoder), x)
+
+
+def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> Path:
+    """A float32 ``.safetensors`` file written by hand (u64 little-endian header size, JSON header, data)."""
+    header: dict[str, object] = {}
+    blob = b""
+    for name, tensor in tensors.items():
+        raw = tensor.detach().to(torch.float32).contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(tensor.shape),
+                        "data_offsets": [len(blob), len(blob) + len(raw)]}
+        blob += raw
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + blob)
+    return path

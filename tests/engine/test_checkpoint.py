@@ -10,11 +10,13 @@ import select
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import write_safetensors
 from medseg import __version__, create_model
 from medseg.data import Preprocessor
 from medseg.engine.checkpoint import (
@@ -22,7 +24,9 @@ from medseg.engine.checkpoint import (
     build_model_from_checkpoint,
     capture_rng_state,
     checkpoint_paths,
+    epoch_checkpoint_path,
     load_checkpoint,
+    load_initial_weights,
     load_model_weights,
     make_checkpoint,
     restore_rng_state,
@@ -44,9 +48,9 @@ MODEL = {"name": "unet", "in_channels": 1, "num_classes": 2, "spatial_dims": 2,
          "options": {"features": 4, "depth": 2, "dropout": 0.3}}
 
 
-def tiny_model(seed: int = 0) -> torch.nn.Module:
+def tiny_model(seed: int = 0, **changes: Any) -> torch.nn.Module:
     torch.manual_seed(seed)
-    record = dict(MODEL)
+    record = {**MODEL, **changes}
     return create_model(record.pop("name"), **record.pop("options"), **record)
 
 
@@ -251,6 +255,79 @@ def test_weights_of_another_model_are_a_clear_error(tmp_path: Path) -> None:
         build_model_from_checkpoint(ckpt)
     with pytest.raises(CheckpointError, match=r"holds no training state"):
         restore_training_state(ckpt)
+
+
+# --------------------------------------------------------------------------------- fine-tuning
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys: Any = None) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in (keys if keys is not None else a))
+
+
+def test_initial_weights_from_a_checkpoint_and_plain_files(tmp_path: Path) -> None:
+    source = tiny_model(0).state_dict()
+    files = {
+        "best.pt": save_checkpoint(tmp_path / "best.pt", checkpoint_of(tiny_model(0))),
+        "bare.pth": tmp_path / "bare.pth",
+        "wrapped.pt": tmp_path / "wrapped.pt",
+        "compiled.pt": tmp_path / "compiled.pt",
+        "weights.safetensors": write_safetensors(tmp_path / "weights.safetensors", source),
+    }
+    torch.save(source, files["bare.pth"])
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.items()}}, files["wrapped.pt"])
+    torch.save({f"_orig_mod.{k}": v for k, v in source.items()}, files["compiled.pt"])
+    for name, path in files.items():
+        target = tiny_model(1)
+        assert not same_weights(target.state_dict(), source)
+        report = load_initial_weights(target, path)
+        assert report.loaded == len(source) and report.skipped == [], name
+        assert same_weights(target.state_dict(), source), name  # safetensors: counters cast back to int64
+
+
+def test_initial_weights_for_another_class_count_need_the_skip_option(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "best.pt", checkpoint_of(tiny_model(0)))
+    source = tiny_model(0).state_dict()
+    target = tiny_model(1, num_classes=3)
+    own = {k: v.clone() for k, v in target.state_dict().items()}
+    message = (r"^checkpoint \S*best\.pt \(saved from model 'unet', in_channels 1, num_classes 2, 2D\): its "
+               r"weights do not fit UNet: 2 shape mismatches \(file vs model: head\.0\.weight \(2, 4, 1, 1\) "
+               r"vs \(3, 4, 1, 1\), head\.0\.bias \(2,\) vs \(3,\)\); model\.init_skip_mismatched true")
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_initial_weights(target, path)
+    assert "\n" not in str(info.value)
+    assert same_weights(target.state_dict(), own)  # nothing loaded on failure
+    report = load_initial_weights(target, path, skip_mismatched=True)
+    assert report.skipped == ["head.0.weight (2, 4, 1, 1) vs (3, 4, 1, 1)", "head.0.bias (2,) vs (3,)"]
+    state = target.state_dict()
+    body = [k for k in source if not k.startswith("head.")]
+    assert report.loaded == len(body) and same_weights(state, source, body)
+    assert same_weights(state, own, ["head.0.weight", "head.0.bias"])  # the head keeps its own start
+
+
+def test_initial_weights_of_another_architecture_fail_even_when_skipping(tmp_path: Path) -> None:
+    path = tmp_path / "bare.pt"
+    torch.save(tiny_model(0).state_dict(), path)
+    deeper = tiny_model(1, options={**MODEL["options"], "depth": 3})
+    with pytest.raises(CheckpointError, match=r"^checkpoint \S*bare\.pt: its weights do not fit UNet: .*"
+                                              r"22 missing keys \(encoder\.levels\.3\.") as info:
+        load_initial_weights(deeper, path, skip_mismatched=True)
+    assert "\n" not in str(info.value) and "init_skip_mismatched" not in str(info.value)
+    with pytest.raises(CheckpointError, match=r"^checkpoint \S*absent\.pt not found"):
+        load_initial_weights(tiny_model(), tmp_path / "absent.pt")
+    (tmp_path / "broken.pt").write_bytes(b"no weights")
+    with pytest.raises(CheckpointError, match=r"^checkpoint \S*broken\.pt cannot be read"):
+        load_initial_weights(tiny_model(), tmp_path / "broken.pt")
+    save_checkpoint(tmp_path / "odd.pt", {**checkpoint_of(tiny_model()), "state_dict": {"w": [1.0]}})
+    with pytest.raises(CheckpointError, match=r"^checkpoint \S*odd\.pt has no state_dict of tensors$"):
+        load_initial_weights(tiny_model(), tmp_path / "odd.pt")
+    torch.save({"weights": [1, 2]}, tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match=r"list\.pt: expected a mapping of tensor names to tensors"):
+        load_initial_weights(tiny_model(), tmp_path / "list.pt")
+
+
+def test_epoch_checkpoints_are_named_by_the_epoch(tmp_path: Path) -> None:
+    assert epoch_checkpoint_path(tmp_path, 10) == tmp_path / "epoch_0010.pt"
+    assert epoch_checkpoint_path(tmp_path, 12345).name == "epoch_12345.pt"
 
 
 # --------------------------------------------------------------------------------- atomic writes

@@ -60,6 +60,15 @@ def test_every_preset_loads_validates_and_builds_its_model(path: Path, tmp_path:
     assert load_config(save_config(config, tmp_path / "config.yaml")) == config
 
 
+def test_validation_metrics_are_case_metrics_and_error_rates_are_lower_is_better() -> None:
+    from medseg.metrics.case import METRIC_NAMES
+
+    assert set(config_module.VAL_METRICS) <= set(METRIC_NAMES)
+    config = load_config(None, ["train.val_metrics=[dice, fpr, fnr]", "train.best_metric=fnr"])
+    assert config.train.best_metric == "fnr"
+    assert {"fpr", "fnr"} <= config_module.LOWER_IS_BETTER and "recall" not in config_module.LOWER_IS_BETTER
+
+
 def test_hippocampus_preset_is_the_nnunet_recipe() -> None:
     config = load_config(CONFIGS / "unet3d-hippocampus.yaml")
     assert (config.data.label_mode, config.data.num_classes, config.spatial_dims) == ("multiclass", 3, 3)
@@ -132,7 +141,7 @@ BAD_VALUES = [
     ("model.spatial_dims=4", r"^model\.spatial_dims: 4 is not one of 2, 3$"),
     ("train.val_metrics=[dice, hd96]", r"^train\.val_metrics\[1\]: 'hd96' is not one of dice, .*'hd95'"),
     ("schedule.name=cos",
-     r"^schedule\.name: 'cos' is not one of constant, cosine, poly, step, triangular; did you mean"),
+     r"^schedule\.name: 'cos' is not one of constant, cosine, multistep, poly, step, triangular; did you "),
     ("model.name=unett", r"^model\.name: unknown model 'unett'; did you mean unet"),
     ("optim.lr=-1", r"^optim\.lr: must be > 0, got -1\.0$"),
     ("data.val_fraction=1", r"^data\.val_fraction: must be < 1"),
@@ -161,6 +170,12 @@ def test_errors_name_the_key_and_what_is_allowed(override: str, message: str) ->
     (["train.best_metric=hd95"], r"^train\.best_metric: 'hd95' is not computed; add it to train\.val_"),
     (["optim.param_groups=[{lr: 0.1}]"], r"^optim\.param_groups\[0\]\.match: missing \(required\)$"),
     (["schedule.warmup_epochs=1", "schedule.warmup_iterations=5"], r"^schedule: give warmup_epochs or"),
+    (["model.init_from=best.pt", "model.encoder_weights=r18.pth"],
+     r"^model\.init_from: give init_from \(the whole model\) or encoder_weights \(the encoder\), not both"),
+    (["model.init_skip_mismatched=true"],
+     r"^model\.init_skip_mismatched: only applies with model\.init_from"),
+    (["model.init_skip_mismatched=yes please"], r"^model\.init_skip_mismatched: expected true or false"),
+    (["train.save_every=0"], r"^train\.save_every: must be >= 1, got 0$"),
 ])
 def test_cross_field_rules(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -235,6 +250,67 @@ def test_warmup_then_the_schedule_over_the_remaining_steps() -> None:
     config = ScheduleConfig(name="poly", power=1.0, warmup_epochs=2, warmup_start_factor=0.2)
     factor = lr_factor_function(config, total_steps=110, steps_per_epoch=5)  # 10 warm-up steps
     assert [factor(t) for t in (0, 5, 10, 60, 110)] == pytest.approx([0.2, 0.6, 1.0, 0.5, 0.0])
+
+
+def test_multistep_factors_at_the_milestones() -> None:
+    config = ScheduleConfig(name="multistep", milestones=[3, 5], gamma=0.5)
+    factor = lr_factor_function(config, total_steps=80, steps_per_epoch=10)
+    # epochs 1-3 (steps 0-29): 1; epochs 4-5: 0.5; then 0.25
+    assert [factor(t) for t in (0, 29, 30, 49, 50, 79)] == pytest.approx([1, 1, 0.5, 0.5, 0.25, 0.25])
+    default_gamma = lr_factor_function(ScheduleConfig(name="multistep", milestones=[1.5]), 40, 10)
+    assert [default_gamma(t) for t in (14, 15)] == pytest.approx([1.0, 0.1])  # fractional: round(1.5 x 10)
+
+
+def test_multistep_milestones_are_epochs_of_the_run_with_the_warmup_overlaid() -> None:
+    config = ScheduleConfig(name="multistep", milestones=[1, 3], gamma=0.5, warmup_epochs=2,
+                            warmup_start_factor=0.2)
+    factor = lr_factor_function(config, total_steps=50, steps_per_epoch=10)
+    # the warm-up ramps over steps 0-19 (the milestone at epoch 1 falls inside it and applies after it);
+    # the milestone at epoch 3 still takes effect at step 30, not at 30 + the warm-up's 20
+    assert [factor(t) for t in (0, 10, 19, 20, 29, 30, 49)] == pytest.approx(
+        [0.2, 0.6, 0.96, 0.5, 0.5, 0.25, 0.25])
+
+
+def test_multistep_matches_torch_multistep_lr_stepped_per_epoch() -> None:
+    milestones, gamma, per_epoch = [2, 5, 7], 0.3, 4
+    factor = lr_factor_function(ScheduleConfig(name="multistep", milestones=milestones, gamma=gamma),
+                                total_steps=10 * per_epoch, steps_per_epoch=per_epoch)
+    optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
+    reference = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=gamma)
+    for epoch in range(10):
+        rate = optimizer.param_groups[0]["lr"]
+        assert [factor(epoch * per_epoch + i) for i in range(per_epoch)] == pytest.approx([rate] * per_epoch)
+        optimizer.step()
+        reference.step()
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["schedule.name=multistep"], r"^schedule\.milestones: the multistep schedule needs a list of epochs"),
+    (["schedule.name=multistep", "schedule.milestones=[]"], r"^schedule\.milestones: the multistep schedule"),
+    (["schedule.name=multistep", "schedule.milestones=[60, 30]"],
+     r"^schedule\.milestones: must increase strictly, got \[60\.0, 30\.0\]"),
+    (["schedule.name=multistep", "schedule.milestones=[30, 30]"], r"^schedule\.milestones: must increase"),
+    (["schedule.name=multistep", "schedule.milestones=[0, 30]"],
+     r"^schedule\.milestones: every value must be > 0"),
+    (["schedule.name=multistep", "schedule.milestones=[a]"],
+     r"^schedule\.milestones\[0\]: expected a number"),
+    (["schedule.name=multistep", "schedule.milestones=30"], r"^schedule\.milestones: expected a list"),
+    (["schedule.milestones=[30]"], r"^schedule\.milestones: only the multistep schedule uses milestones"),
+    (["schedule.name=multistep", "schedule.milestones=[30, 3000]", "train.epochs=100"],
+     r"^schedule\.milestones: 3000 is not before the end of the run \(train\.epochs 100\), so it would never "
+     r"apply; milestones are epochs, not steps$"),
+])
+def test_multistep_options_are_checked_naming_the_key(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_multistep_loads_and_milestones_past_epochs_are_fine_with_iterations() -> None:
+    config = load_config(None, ["schedule.name=multistep", "schedule.milestones=[30, 60]",
+                                "schedule.gamma=0.2"])
+    assert (config.schedule.milestones, config.schedule.gamma) == ([30.0, 60.0], 0.2)
+    # with train.iterations the epochs are known only once the data is: no check against train.epochs
+    load_config(None, ["schedule.name=multistep", "schedule.milestones=[300]", "train.iterations=5000"])
 
 
 def test_the_factor_drives_lambda_lr_for_every_parameter_group() -> None:

@@ -92,6 +92,26 @@ def test_summary_json_structure(tmp_path: Path) -> None:
         assert set(stats["per_class"]) == {"1"}
 
 
+def test_fpr_and_fnr_reach_the_csv_the_summary_and_the_cli_table(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    gt = np.zeros((4, 4), np.uint8)
+    gt[:2, :2] = 1
+    pred = np.zeros((4, 4), np.uint8)
+    pred[0, :2] = pred[3, 2:] = 1  # TP 2, FN 2, FP 2, TN 10
+    write_mask(tmp_path / "gt" / "a.png", gt[None] * np.uint8(255))
+    write_mask(tmp_path / "pred" / "a.png", pred[None])
+    evaluate_folders(tmp_path / "pred", tmp_path / "gt", out_dir=tmp_path / "out", metrics=["fpr", "fnr"],
+                     progress=False)
+    rows = read_rows(tmp_path / "out" / "metrics.csv")
+    assert [(r["metric"], float(r["value"])) for r in rows] == [("fpr", 2 / 12), ("fnr", 2 / 4)]
+    data = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
+    assert data["metrics"]["fpr"]["mean"] == pytest.approx(1 / 6) and data["metrics"]["fnr"]["mean"] == 0.5
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--out", str(tmp_path / "cli"),
+                 "--metrics", "fnr", "fpr", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| fnr " in out and "| fpr " in out
+
+
 def test_3d_nifti_distances_use_the_truths_anisotropic_spacing(tmp_path: Path) -> None:
     shape, spacing = (10, 10, 10), (3.0, 1.0, 0.5)
     gt = cube(shape, (2, 2, 2))

@@ -18,7 +18,7 @@ import yaml
 from medseg.cli import main
 from medseg.data import write_polyp_dataset
 from medseg.engine import trainer as trainer_module
-from medseg.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
+from medseg.engine.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
 from medseg.engine.config import config_from_dict
 from medseg.engine.trainer import train
 from medseg.errors import MedsegError
@@ -255,3 +255,63 @@ def test_ema_weights_are_saved_and_resume_matches(tmp_path: Path, monkeypatch: p
     assert [r["val_dice"] for r in resumed.history] == pytest.approx([r["val_dice"] for r in full.history])
     other = load_checkpoint(tmp_path / "split" / "last.pt")
     assert all(torch.equal(ckpt["state_dict"][k], other["state_dict"][k]) for k in trained)
+
+
+def test_save_every_keeps_atomic_epoch_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    written: list[str] = []
+
+    def recording_save(path: Path, state: dict[str, Any]) -> Path:
+        written.append(Path(path).name)
+        return save_checkpoint(path, state)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", recording_save)  # the atomic writer
+    train(config_from_dict(tiny_config(tmp_path, epochs=5, save_every=2, iterations_per_epoch=1)),
+          progress=False)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("epoch_*.pt")) == ["epoch_0002.pt", "epoch_0004.pt"]
+    assert {"epoch_0002.pt", "epoch_0004.pt"} <= set(written) and not list(run.glob(".*.tmp"))
+    second, fourth = load_checkpoint(run / "epoch_0002.pt"), load_checkpoint(run / "epoch_0004.pt")
+    assert (second["training"]["epoch"], fourth["training"]["epoch"]) == (2, 4)
+    weights = second["state_dict"]
+    assert not all(torch.equal(weights[k], fourth["state_dict"][k]) for k in weights)
+    assert load_checkpoint(run / "last.pt")["training"]["epoch"] == 5
+
+
+def multiclass_config(tmp: Path, run: str, classes: int) -> dict[str, Any]:
+    data = tiny_config(tmp, run, epochs=1, iterations_per_epoch=1)
+    data["data"].update(label_mode="multiclass", num_classes=classes)
+    data["loss"] = {"losses": [{"name": "dice"}, {"name": "ce"}]}
+    return data
+
+
+def test_init_from_fine_tunes_another_class_count_only_with_the_skip_option(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source_path = train(config_from_dict(multiclass_config(tmp_path, "source", 2)),
+                        progress=False).best_checkpoint
+    source = load_checkpoint(source_path)["state_dict"]
+    data = multiclass_config(tmp_path, "target", 3)
+    data["model"]["init_from"] = str(source_path)
+    message = (r"^model\.init_from: checkpoint \S*best\.pt \(saved from model 'unet', in_channels 3, "
+               r"num_classes 2, 2D\): .*2 shape mismatches \(file vs model: head\.0\.weight "
+               r"\(2, 4, 1, 1\) vs \(3, 4, 1, 1\)")
+    with pytest.raises(MedsegError, match=message):
+        train(config_from_dict(data), progress=False)
+
+    started: dict[str, torch.Tensor] = {}
+    original = trainer_module.load_init_file
+
+    def snapshot(model: torch.nn.Module, path: str, skip: bool) -> None:
+        original(model, path, skip)
+        started.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    monkeypatch.setattr(trainer_module, "load_init_file", snapshot)
+    data["model"]["init_skip_mismatched"] = True
+    result = train(config_from_dict(data), progress=False)
+    assert result.epochs_run == 1 and load_checkpoint(result.last_checkpoint)["model"]["num_classes"] == 3
+    body = [k for k in source if not k.startswith("head.")]
+    assert len(body) == len(source) - 2 and all(torch.equal(started[k], source[k]) for k in body)
+    assert started["head.0.weight"].shape == (3, 4, 1, 1)
+    source_path.unlink()  # a resume takes the weights from last.pt, not from init_from
+    data["train"]["epochs"] = 2
+    assert train(config_from_dict(data), resume=True, progress=False).epochs_run == 2
+    assert len(started) == len(source)  # the snapshot was taken once: not on resume

@@ -16,9 +16,9 @@ from medseg.metrics import case, overlap, polyp
 from medseg.metrics.case import METRIC_NAMES, evaluate_case
 from medseg.metrics.surface import distance_metrics
 
-EXPECTED_NAMES = ("dice", "iou", "voe", "rvd", "accuracy", "precision", "recall", "specificity", "fbeta",
-                  "mae", "hd", "hd95", "asd", "assd", "msd", "nsd", "s_measure", "e_measure_mean",
-                  "e_measure_max", "weighted_fbeta")
+EXPECTED_NAMES = ("dice", "iou", "voe", "rvd", "accuracy", "precision", "recall", "specificity", "fpr",
+                  "fnr", "fbeta", "mae", "hd", "hd95", "asd", "assd", "msd", "nsd", "s_measure",
+                  "e_measure_mean", "e_measure_max", "weighted_fbeta")
 
 
 def label_maps(shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,6 +49,8 @@ def test_all_metrics_for_every_class_2d() -> None:
         assert values[c, "dice"] == pytest.approx(overlap.dice(p, g))
         assert values[c, "rvd"] == pytest.approx(overlap.rvd(p, g))
         assert values[c, "fbeta"] == pytest.approx(overlap.fbeta(p, g))
+        assert values[c, "fpr"] == pytest.approx(overlap.fpr(p, g))
+        assert values[c, "fnr"] == pytest.approx(overlap.fnr(p, g))
         assert values[c, "mae"] == pytest.approx(overlap.mae(prob, g))
         distances = distance_metrics(p, g, spacing, tolerance=2.0)
         assert {m: values[c, m] for m in distances} == pytest.approx(distances)

@@ -23,6 +23,8 @@ HAND = {
     "precision": 2 / 4,
     "recall": 2 / 3,
     "specificity": 1 / 3,  # TN / (TN + FP) = 1 / 3
+    "fpr": 2 / 3,  # FP / (FP + TN)
+    "fnr": 1 / 3,  # FN / (FN + TP)
     "fbeta": 4 / 7,  # F1 = Dice
 }
 
@@ -56,7 +58,8 @@ def test_mae_on_probabilities_and_masks() -> None:
 
 def test_both_empty_convention() -> None:
     empty = np.zeros((3, 4), bool)
-    expected = dict(dice=1, iou=1, voe=0, rvd=0, accuracy=1, precision=1, recall=1, specificity=1, fbeta=1)
+    expected = dict(dice=1, iou=1, voe=0, rvd=0, accuracy=1, precision=1, recall=1, specificity=1, fbeta=1,
+                    fpr=0, fnr=0)
     assert {name: getattr(overlap, name)(empty, empty) for name in expected} == expected
 
 
@@ -69,11 +72,27 @@ def test_one_empty_convention() -> None:
     assert overlap.dice(GT, empty) == 0 and overlap.recall(GT, empty) == 0
     assert overlap.precision(GT, empty) == 0
     assert math.isnan(overlap.rvd(GT, empty))
+    assert overlap.fnr(empty, GT) == 1 and overlap.fpr(empty, GT) == 0  # everything missed, nothing false
+    assert overlap.fnr(GT, empty) == 1 and overlap.fpr(GT, empty) == 3 / 6  # as recall: 0 on an empty truth
+
+
+def test_fpr_and_fnr_of_a_4x4_case_by_hand() -> None:
+    # truth: the top-left 2x2 block (4 pixels); prediction: its top row plus two pixels outside
+    gt = np.zeros((4, 4), bool)
+    gt[:2, :2] = True
+    pred = np.zeros((4, 4), bool)
+    pred[0, :2] = True
+    pred[3, 2:] = True
+    # TP 2, FN 2 (the second row of the block), FP 2, TN 16 - 6 = 10
+    assert Confusion.of(pred, gt) == Confusion(tp=2, fp=2, fn=2, tn=10)
+    assert overlap.fpr(pred, gt) == 2 / 12 and overlap.fnr(pred, gt) == 2 / 4
+    assert overlap.fpr(pred, gt) == pytest.approx(1 - overlap.specificity(pred, gt), abs=1e-15)
+    assert overlap.fnr(pred, gt) == pytest.approx(1 - overlap.recall(pred, gt), abs=1e-15)
 
 
 def test_specificity_without_negatives_is_one() -> None:
     full = np.ones((2, 2), bool)
-    assert overlap.specificity(full, full) == 1.0
+    assert overlap.specificity(full, full) == 1.0 and overlap.fpr(full, full) == 0.0
 
 
 def test_shape_mismatch_raises() -> None:

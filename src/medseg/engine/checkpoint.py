@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from medseg import __version__
+from medseg.encoders.base import read_state_dict
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_path
 from medseg.registry import create_model
@@ -38,14 +39,16 @@ from medseg.registry import create_model
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "CheckpointError", "CheckpointPaths", "ResumeState", "build_model_from_checkpoint",
-    "capture_rng_state", "checkpoint_paths", "load_checkpoint", "load_model_weights", "make_checkpoint",
+    "CHECKPOINT_FORMAT", "CheckpointError", "CheckpointPaths", "InitReport", "ResumeState",
+    "build_model_from_checkpoint", "capture_rng_state", "checkpoint_paths", "epoch_checkpoint_path",
+    "load_checkpoint", "load_initial_weights", "load_model_weights", "make_checkpoint", "read_model_weights",
     "restore_rng_state", "restore_training_state", "save_checkpoint", "training_state", "unwrap_model",
 ]
 
 CHECKPOINT_FORMAT = 1
 LAST_NAME = "last.pt"
 BEST_NAME = "best.pt"
+EPOCH_NAME = "epoch_{epoch:04d}.pt"
 
 _PLAIN_SCALARS = (bool, int, float, str, type(None), torch.Tensor, torch.dtype, torch.Size, torch.device)
 
@@ -63,6 +66,11 @@ def checkpoint_paths(run_dir: str | Path) -> CheckpointPaths:
     """``run_dir/last.pt`` (written every epoch, for resuming) and ``run_dir/best.pt`` (best validation)."""
     run_dir = Path(run_dir)
     return CheckpointPaths(run_dir / LAST_NAME, run_dir / BEST_NAME)
+
+
+def epoch_checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
+    """``run_dir/epoch_0010.pt``: the checkpoint kept after (1-based) ``epoch`` with ``train.save_every``."""
+    return Path(run_dir) / EPOCH_NAME.format(epoch=int(epoch))
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -130,15 +138,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     A missing, truncated, corrupt or foreign file raises :class:`CheckpointError` naming the file.
     """
     path = Path(path)
+    state = _torch_load(path, map_location)
+    if not _is_medseg_checkpoint(state):
+        raise CheckpointError(f"checkpoint {path} is not a medseg checkpoint (no model record; a bare state "
+                              "dict or another tool's file?)")
+    return _check_format(state, path)
+
+
+def _torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; a missing or unreadable file is a CheckpointError."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle means an unusable file
         raise _read_error(path, exc) from None
-    if not isinstance(state, dict) or "format" not in state or "model" not in state:
-        raise CheckpointError(f"checkpoint {path} is not a medseg checkpoint (no model record; a bare state "
-                              "dict or another tool's file?)")
+
+
+def _is_medseg_checkpoint(state: Any) -> bool:
+    return isinstance(state, dict) and "format" in state and "model" in state
+
+
+def _check_format(state: dict[str, Any], path: Path) -> dict[str, Any]:
     if state["format"] > CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {state['format']}, newer than this medseg "
                               f"({__version__}) reads ({CHECKPOINT_FORMAT})")
@@ -199,6 +220,90 @@ def load_model_weights(model: nn.Module, ckpt: Mapping[str, Any], source: str | 
             f"(in_channels {record.get('in_channels')}, num_classes {record.get('num_classes')}, "
             f"{record.get('spatial_dims')}D, options {record.get('options')}); its weights do not fit "
             f"{type(target).__name__}: {first[:200]}") from None
+
+
+def read_model_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The weights of a file and, for a medseg checkpoint, its model record (None for a plain file).
+
+    A medseg checkpoint (``best.pt``, ``last.pt``) is read by :func:`load_checkpoint`'s loader; anything
+    else as a plain state dict (``.pt``/``.pth`` through ``torch.load(weights_only=True)`` or
+    ``.safetensors``) by :func:`medseg.encoders.base.read_state_dict`, which unwraps ``state_dict`` /
+    ``model`` entries and a DataParallel ``module.`` prefix; a ``torch.compile`` ``_orig_mod.`` prefix is
+    removed here. A plain torch file is read twice (once to see that it is not a medseg checkpoint).
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        state = _torch_load(path)
+        if _is_medseg_checkpoint(state):
+            _check_format(state, path)
+            weights = state.get("state_dict")
+            if not isinstance(weights, Mapping) or \
+                    not all(isinstance(v, torch.Tensor) for v in weights.values()):
+                raise CheckpointError(f"checkpoint {path} has no state_dict of tensors")
+            record = state["model"]
+            return dict(weights), (dict(record) if isinstance(record, Mapping) else None)
+    try:
+        weights = read_state_dict(path)
+    except MedsegError as exc:
+        raise CheckpointError(str(exc)) from None
+    prefix = "_orig_mod."
+    if weights and all(k.startswith(prefix) for k in weights):
+        weights = {k[len(prefix):]: v for k, v in weights.items()}
+    return weights, None
+
+
+class InitReport(NamedTuple):
+    """What :func:`load_initial_weights` did: tensors loaded and those skipped for their shape
+    (``key (file shape) vs (model shape)``)."""
+
+    loaded: int
+    skipped: list[str]
+
+
+def _preview(items: list[str], limit: int = 4) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def load_initial_weights(model: nn.Module, path: str | Path, *, skip_mismatched: bool = False) -> InitReport:
+    """Initialise ``model`` from the weights of a whole-model file (``model.init_from``: fine-tuning).
+
+    Only the weights are taken, never optimiser or epoch state (that is resuming). Every key must match
+    (``num_batches_tracked`` counters may be absent from the file); a missing or unexpected key, or a
+    tensor whose shape differs, raises one :class:`CheckpointError` naming the file and listing the first
+    of each (with both shapes). With ``skip_mismatched`` the tensors whose shapes differ (typically the
+    head when the class count changed) keep the model's own initialisation and are reported instead;
+    missing and unexpected keys still raise (a different architecture).
+    """
+    path = Path(path)
+    weights, record = read_model_weights(path)
+    target = unwrap_model(model)
+    own = target.state_dict()
+    missing = [k for k in own if k not in weights and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in weights if k not in own]
+    differ = [k for k, v in weights.items() if k in own and v.shape != own[k].shape]
+    mismatched = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in differ]
+    if missing or unexpected or (mismatched and not skip_mismatched):
+        problems = []
+        if mismatched:
+            problems.append(f"{len(mismatched)} shape mismatch{'es' if len(mismatched) > 1 else ''} (file vs "
+                            f"model: {_preview(mismatched)})")
+        if missing:
+            problems.append(f"{len(missing)} missing key{'s' if len(missing) > 1 else ''} "
+                            f"({_preview(missing)})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected key{'s' if len(unexpected) > 1 else ''} "
+                            f"({_preview(unexpected)})")
+        source = "" if record is None else (
+            f" (saved from model {record.get('name')!r}, in_channels {record.get('in_channels')}, "
+            f"num_classes {record.get('num_classes')}, {record.get('spatial_dims')}D)")
+        hint = ("; model.init_skip_mismatched true keeps the model's own tensors where only the shapes "
+                "differ") if mismatched and not (missing or unexpected) else ""
+        raise CheckpointError(f"checkpoint {path}{source}: its weights do not fit {type(target).__name__}: "
+                              f"{'; '.join(problems)}{hint}")
+    usable = {k: v.to(own[k].dtype) for k, v in weights.items() if k not in differ}
+    target.load_state_dict(usable, strict=False)
+    return InitReport(len(usable), mismatched)
 
 
 def build_model_from_checkpoint(ckpt: Mapping[str, Any] | str | Path) -> nn.Module:

@@ -18,6 +18,7 @@ parameter group's initial rate, for ``torch.optim.lr_scheduler.LambdaLR``); new 
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import difflib
 import math
@@ -50,9 +51,9 @@ class ConfigError(MedsegError):
 LabelMode = Literal["binary", "multiclass", "multilabel"]
 Device = Literal["auto", "cpu", "cuda"]
 
-VAL_METRICS = ("dice", "iou", "precision", "recall", "hd", "hd95", "asd", "assd", "nsd")
+VAL_METRICS = ("dice", "iou", "precision", "recall", "fpr", "fnr", "hd", "hd95", "asd", "assd", "nsd")
 """Validation metrics a run may compute (Dice by default; the distances are opt-in: they cost more)."""
-LOWER_IS_BETTER = frozenset({"hd", "hd95", "asd", "assd"})
+LOWER_IS_BETTER = frozenset({"fpr", "fnr", "hd", "hd95", "asd", "assd"})
 ValMetric = Literal[VAL_METRICS]  # type: ignore[valid-type]
 
 
@@ -150,7 +151,12 @@ class DataConfig:
 class ModelConfig:
     """``medseg.create_model(name, in_channels, num_classes, spatial_dims, **options)``; None values are
     derived from the data (channels of the images, :meth:`DataConfig.output_channels`, image dims).
-    ``encoder_weights`` is a weight file for models with a pretrained encoder."""
+    ``encoder_weights`` is a weight file for models with a pretrained encoder. ``init_from`` fine-tunes:
+    the whole model starts from a medseg checkpoint (``best.pt``) or a plain state-dict file
+    (``.pt``/``.pth``/``.safetensors``), weights only (no optimiser or epoch state: that is resuming;
+    not applied on resume); every key and shape must fit unless ``init_skip_mismatched``, which keeps the
+    model's own initialisation for the tensors whose shapes differ (e.g. the head for another class
+    count) and logs them."""
 
     name: str = "unet"
     in_channels: int | None = _bounded(None, ge=1)
@@ -158,6 +164,8 @@ class ModelConfig:
     spatial_dims: Literal[2, 3] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     encoder_weights: str | None = None
+    init_from: str | None = None
+    init_skip_mismatched: bool = False
 
     def check(self, key: str) -> None:
         from medseg.registry import get_entry
@@ -166,6 +174,12 @@ class ModelConfig:
             get_entry(self.name)
         except MedsegError as exc:
             raise ConfigError(f"{key}.name: {exc}") from None
+        if self.init_from is not None and self.encoder_weights is not None:
+            raise ConfigError(f"{key}.init_from: give init_from (the whole model) or encoder_weights (the "
+                              "encoder), not both")
+        if self.init_skip_mismatched and self.init_from is None:
+            raise ConfigError(f"{key}.init_skip_mismatched: only applies with {key}.init_from (a weight "
+                              "file)")
 
 
 @dataclass
@@ -241,7 +255,8 @@ class OptimConfig:
 class ScheduleConfig:
     """Learning-rate schedule, a factor of each group's initial rate per optimiser step (see
     :func:`lr_factor_function`): ``poly`` ``(1 - t/T)^power`` (nnU-Net, power 0.9), ``cosine`` down to
-    ``min_lr_factor``, ``step`` (times ``gamma`` every ``step_size`` epochs), ``constant``,
+    ``min_lr_factor``, ``step`` (times ``gamma`` every ``step_size`` epochs), ``multistep`` (times
+    ``gamma`` at each of the ``milestones``, epochs of the run, see :func:`_multistep`), ``constant``,
     ``triangular`` (M2SNet's rise and fall, see :func:`_triangular` for its options), or any
     registered name (``options`` for its settings). A linear warm-up from ``warmup_start_factor`` over
     ``warmup_epochs`` or ``warmup_iterations`` comes first."""
@@ -251,6 +266,7 @@ class ScheduleConfig:
     min_lr_factor: float = _bounded(0.0, ge=0, le=1)
     step_size: float = _bounded(30.0, gt=0)
     gamma: float = _bounded(0.1, gt=0)
+    milestones: list[float] | None = _bounded(None, gt=0)
     warmup_epochs: float = _bounded(0.0, ge=0)
     warmup_iterations: int = _bounded(0, ge=0)
     warmup_start_factor: float = _bounded(0.1, ge=0, le=1)
@@ -262,6 +278,9 @@ class ScheduleConfig:
                               f"{_did_you_mean(self.name, _SCHEDULES)}")
         if self.warmup_epochs > 0 and self.warmup_iterations > 0:
             raise ConfigError(f"{key}: give warmup_epochs or warmup_iterations, not both")
+        if self.milestones is not None and self.name != "multistep":
+            raise ConfigError(f"{key}.milestones: only the multistep schedule uses milestones ({key}.name is "
+                              f"{self.name!r})")
         _SCHEDULES[self.name](self, 100, 10)  # builders check their options (ConfigError naming the key)
 
 
@@ -282,7 +301,9 @@ class TrainConfig:
     a size drawn (seeded) from the list, after augmentation: integers are absolute sizes (every axis; M2SNet
     ``[224, 256, 288, 320, 352]``), numbers with a fractional part make it a list of factors of the batch's
     size (U-Net v2 ``[0.75, 1, 1.25]``); rounded to a multiple of the model's input multiple; images
-    resized bi/trilinearly, labels by nearest neighbour."""
+    resized bi/trilinearly, labels by nearest neighbour. ``save_every``: besides ``last.pt`` and ``best.pt``
+    keep a checkpoint every that many epochs (``epoch_0010.pt``: the content of ``last.pt`` then, training
+    state included, so it can be copied to ``last.pt`` to resume from there)."""
 
     epochs: int = _bounded(100, ge=1)
     iterations: int | None = _bounded(None, ge=1)
@@ -301,6 +322,7 @@ class TrainConfig:
     device: Device = "auto"
     ema_decay: float | None = _bounded(None, gt=0, lt=1)
     multi_scale: list[int] | list[float] | None = _bounded(None, gt=0)  # ints first: YAML ints stay ints
+    save_every: int | None = _bounded(None, ge=1)
 
     def check(self, key: str) -> None:
         if self.multi_scale is not None:
@@ -399,6 +421,11 @@ class RunConfig:
                               f"{channels} output channels ({self.data.label_mode})")
         if self.loss.deep_supervision and self.model.options.get("deep_supervision") is False:
             raise ConfigError("loss.deep_supervision: the model has model.options.deep_supervision false")
+        milestones = self.schedule.milestones
+        if milestones and self.train.iterations is None and max(milestones) >= self.train.epochs:
+            raise ConfigError(f"schedule.milestones: {max(milestones):g} is not before the end of the run "
+                              f"(train.epochs {self.train.epochs}), so it would never apply; milestones are "
+                              "epochs, not steps")
 
     @property
     def spatial_dims(self) -> int | None:
@@ -692,15 +719,23 @@ ScheduleBuilder = Callable[[ScheduleConfig, int, int], LrFactor]
 """``builder(config, total_steps, steps_per_epoch)`` -> the schedule's factor after warm-up."""
 
 _SCHEDULES: dict[str, ScheduleBuilder] = {}
+_FROM_START: set[str] = set()
 
 
-def register_schedule(name: str) -> Callable[[ScheduleBuilder], ScheduleBuilder]:
-    """Register a schedule builder under ``name`` (a valid ``schedule.name`` from then on)."""
+def register_schedule(name: str, *, from_start: bool = False) -> Callable[[ScheduleBuilder], ScheduleBuilder]:
+    """Register a schedule builder under ``name`` (a valid ``schedule.name`` from then on).
+
+    By default the builder's factor covers the steps after the warm-up (its step 0 is the first step after
+    it, its ``total_steps`` the rest of the run). With ``from_start`` it gets the run's own steps and total
+    (for schedules whose settings name points of the run, such as milestones); the warm-up then overlays
+    its start."""
 
     def decorate(builder: ScheduleBuilder) -> ScheduleBuilder:
         if name in _SCHEDULES:
             raise ValueError(f"schedule {name!r} is registered twice")
         _SCHEDULES[name] = builder
+        if from_start:
+            _FROM_START.add(name)
         return builder
 
     return decorate
@@ -737,6 +772,22 @@ def _step(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> LrF
     """Multiply by ``gamma`` every ``step_size`` epochs (``StepLR``)."""
     every = max(1, round(config.step_size * steps_per_epoch))
     return lambda step: config.gamma ** (max(step, 0) // every)
+
+
+@register_schedule("multistep", from_start=True)
+def _multistep(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> LrFactor:
+    """Multiply by ``gamma`` (0.1 by default) at each of ``milestones``, as PyTorch's ``MultiStepLR`` in
+    its usual once-per-epoch use: the milestones are *epochs* (not optimiser steps), counted from the start
+    of the run, warm-up included (as timm and Detectron2 count them), and may be fractional; milestone
+    ``m`` takes effect from step ``round(m * steps_per_epoch)``, so ``[30, 60]`` gives 1 in epochs 1-30,
+    ``gamma`` in 31-60 and ``gamma**2`` after. A milestone inside the warm-up applies once it ends."""
+    milestones = config.milestones
+    if not milestones:
+        raise ConfigError("schedule.milestones: the multistep schedule needs a list of epochs, e.g. [30, 60]")
+    if any(b <= a for a, b in zip(milestones, milestones[1:], strict=False)):
+        raise ConfigError(f"schedule.milestones: must increase strictly, got {list(milestones)}")
+    starts = [round(m * steps_per_epoch) for m in milestones]
+    return lambda step: config.gamma ** bisect.bisect_right(starts, step)
 
 
 TRIANGULAR_OPTIONS = ("base_factor", "per_epoch", "ratio", "annealing_decay")
@@ -791,17 +842,19 @@ def _triangular(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) 
 
 def lr_factor_function(config: ScheduleConfig, total_steps: int, steps_per_epoch: int = 1) -> LrFactor:
     """The learning-rate factor per optimiser step: linear warm-up from ``warmup_start_factor`` to 1, then
-    the named schedule over the remaining ``total_steps``. Use with ``LambdaLR(optimizer, factor)``."""
+    the named schedule over the remaining ``total_steps`` (over all of them for a schedule registered
+    ``from_start``, e.g. ``multistep``). Use with ``LambdaLR(optimizer, factor)``."""
     if config.name not in _SCHEDULES:
         raise ConfigError(f"schedule.name: {config.name!r} is not one of {', '.join(schedule_names())}")
     warmup = config.warmup_iterations or round(config.warmup_epochs * steps_per_epoch)
     warmup = min(warmup, max(total_steps - 1, 0))
-    main = _SCHEDULES[config.name](config, max(total_steps - warmup, 1), steps_per_epoch)
+    offset = 0 if config.name in _FROM_START else warmup
+    main = _SCHEDULES[config.name](config, max(total_steps - offset, 1), steps_per_epoch)
     start = config.warmup_start_factor
 
     def factor(step: int) -> float:
         if step < warmup:
             return start + (1.0 - start) * step / warmup
-        return float(main(step - warmup))
+        return float(main(step - offset))
 
     return factor

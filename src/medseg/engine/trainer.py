@@ -12,9 +12,12 @@ images, or Gaussian sliding windows when training on patches) reduced across DDP
 ``best.pt`` / ``last.pt``, ``log.csv``, ``progress.png`` and TensorBoard scalars.
 
 Options beyond nnU-Net: ``model.encoder_weights`` (a weight file loaded into ``model.encoder`` before
-training, not on resume), ``train.multi_scale`` (a size drawn per batch after augmentation, M2SNet /
-U-Net v2) and ``train.ema_decay`` (an exponential moving average of the weights, which is what is
-validated and saved as the model; ``last.pt`` also keeps the trained weights for resuming).
+training, not on resume), ``model.init_from`` (fine-tuning: the whole model's weights from a checkpoint or
+state-dict file, not on resume; ``model.init_skip_mismatched`` keeps the model's own tensors where the
+shapes differ), ``train.save_every`` (an ``epoch_NNNN.pt`` kept every N epochs), ``train.multi_scale`` (a
+size drawn per batch after augmentation, M2SNet / U-Net v2) and ``train.ema_decay`` (an exponential moving
+average of the weights, which is what is validated and saved as the model; ``last.pt`` also keeps the
+trained weights for resuming).
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ from medseg.data import (
 from medseg.data.datasets import Dataset, kfold_splits
 from medseg.encoders import Encoder, load_encoder_weights
 from medseg.engine.checkpoint import (
+    epoch_checkpoint_path,
     load_checkpoint,
+    load_initial_weights,
     load_model_weights,
     make_checkpoint,
     restore_training_state,
@@ -82,7 +87,8 @@ from medseg.registry import create_model, model_info
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelEMA", "MultiScale", "TrainResult", "load_encoder_file", "seed_everything", "train"]
+__all__ = ["ModelEMA", "MultiScale", "TrainResult", "load_encoder_file", "load_init_file", "seed_everything",
+           "train"]
 
 DEFAULT_PATCH_BATCHES = 250
 """Batches per epoch in patch mode when ``train.iterations_per_epoch`` is null (nnU-Net's 250)."""
@@ -300,6 +306,18 @@ def load_encoder_file(model: nn.Module, path: str) -> None:
                 f"; {len(report.classifier)} classifier keys ignored" if report.classifier else "")
 
 
+def load_init_file(model: nn.Module, path: str, skip_mismatched: bool) -> None:
+    """Load ``model.init_from`` into the whole model (fine-tuning; see :func:`load_initial_weights`) and
+    log what was loaded and skipped."""
+    try:
+        report = load_initial_weights(model, path, skip_mismatched=skip_mismatched)
+    except MedsegError as exc:
+        raise MedsegError(f"model.init_from: {exc}") from None
+    logger.info("model.init_from: %d tensors from %s%s", report.loaded, path,
+                f"; {len(report.skipped)} skipped for their shape, kept as initialised (file vs model): "
+                f"{', '.join(report.skipped)}" if report.skipped else "")
+
+
 class ModelEMA:
     """Exponential moving average of a model's parameters and floating-point buffers (integer buffers are
     copied): ``ema = decay * ema + (1 - decay) * current`` after every optimiser step, from a copy of the
@@ -449,6 +467,8 @@ class Trainer:
                              spatial_dims=plan.spatial_dims, **self.options).to(device)
         if config.model.encoder_weights is not None and not resume:  # on resume the checkpoint has them
             load_encoder_file(model, config.model.encoder_weights)
+        if config.model.init_from is not None and not resume:
+            load_init_file(model, config.model.init_from, config.model.init_skip_mismatched)
         if train.channels_last:
             model = model.to(memory_format=torch.channels_last if plan.spatial_dims == 2
                              else torch.channels_last_3d)
@@ -635,7 +655,10 @@ class Trainer:
         if self.ctx.is_main:
             if improved or (not self.paths.best.is_file() and self.best_score is None):
                 save_checkpoint(self.paths.best, self.checkpoint(with_training=False))
-            save_checkpoint(self.paths.last, self.checkpoint(with_training=True))
+            state = self.checkpoint(with_training=True)
+            save_checkpoint(self.paths.last, state)
+            if train.save_every is not None and self.epoch % train.save_every == 0:
+                save_checkpoint(epoch_checkpoint_path(self.paths.root, self.epoch), state)
             _write_log(self.paths.log, self.history)
             plot_progress(self.history, self.paths.progress, [f"val_{m}" for m in train.val_metrics])
         patience = train.early_stopping_patience

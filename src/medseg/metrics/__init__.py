@@ -1,7 +1,7 @@
 """Segmentation metrics per case and per class, with physical spacing (numpy; torch inputs accepted).
 
-- :mod:`~medseg.metrics.overlap`: Dice, IoU, VOE, RVD, accuracy, precision, recall, specificity, F-beta
-  (one confusion count), MAE;
+- :mod:`~medseg.metrics.overlap`: Dice, IoU, VOE, RVD, accuracy, precision, recall, specificity, FPR,
+  FNR, F-beta (one confusion count), MAE;
 - :mod:`~medseg.metrics.surface`: HD, HD95, ASD, ASSD, MSD, NSD from one pair of surface-distance arrays
   (surfaces by erosion, distance transforms on crops);
 - :mod:`~medseg.metrics.polyp`: S-measure, E-measure, weighted F-measure (Fan et al.);
@@ -16,6 +16,8 @@ from medseg.metrics.overlap import (
     accuracy,
     dice,
     fbeta,
+    fnr,
+    fpr,
     iou,
     mae,
     precision,
@@ -40,6 +42,6 @@ from medseg.metrics.surface import (
 __all__ = [
     "DISTANCE_METRICS", "METRIC_NAMES", "Confusion", "accuracy", "average_surface_distance",
     "average_symmetric_surface_distance", "dice", "distance_metrics", "e_measure", "evaluate_case", "fbeta",
-    "hausdorff", "hausdorff95", "iou", "mae", "msd", "normalized_surface_dice", "precision", "recall", "rvd",
-    "s_measure", "specificity", "surface_distances", "voe", "weighted_fbeta",
+    "fnr", "fpr", "hausdorff", "hausdorff95", "iou", "mae", "msd", "normalized_surface_dice", "precision",
+    "recall", "rvd", "s_measure", "specificity", "surface_distances", "voe", "weighted_fbeta",
 ]

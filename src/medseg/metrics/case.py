@@ -30,6 +30,8 @@ OVERLAP_METRICS: dict[str, Callable[[Confusion], float]] = {
     "precision": Confusion.precision,
     "recall": Confusion.recall,
     "specificity": Confusion.specificity,
+    "fpr": Confusion.fpr,
+    "fnr": Confusion.fnr,
     "fbeta": Confusion.fbeta,
 }
 PROBABILITY_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {

@@ -5,12 +5,15 @@ ground truth B. Every metric is a plain float.
 
 Empty-mask conventions (a metric is never silently dropped; NaN is counted by the summary):
 
-- both masks empty: dice, iou, precision, recall, specificity, accuracy and fbeta are 1; voe and rvd are 0;
+- both masks empty: dice, iou, precision, recall, specificity, accuracy and fbeta are 1; voe, rvd, fpr and
+  fnr are 0;
 - one mask empty: dice, iou and fbeta are 0, voe is 1; precision is 0 when only the prediction is empty
-  (nothing found), recall is 0 when only the truth is empty (everything predicted is false);
+  (nothing found), recall is 0 (and fnr 1) when only the truth is empty (everything predicted is false);
 - rvd = (|A| - |B|) / |B| is -1 for an empty prediction and NaN (undefined) for an empty truth with a
   non-empty prediction;
-- specificity is 1 when there are no negatives (TN + FP = 0).
+- specificity is 1 and fpr 0 when there are no negatives (TN + FP = 0).
+
+So ``fpr = 1 - specificity`` and ``fnr = 1 - recall`` hold everywhere, empty masks included.
 """
 
 from __future__ import annotations
@@ -99,6 +102,15 @@ class Confusion:
         """TN / (TN + FP); 1 when there are no negatives."""
         return _ratio(self.tn, self.tn + self.fp, 1.0)
 
+    def fpr(self) -> float:
+        """False positive rate (fall-out) FP / (FP + TN) = 1 - specificity; 0 when there are no negatives."""
+        return _ratio(self.fp, self.fp + self.tn, 0.0)
+
+    def fnr(self) -> float:
+        """False negative rate (miss rate) FN / (FN + TP) = 1 - recall; 0 when both are empty, 1 when only
+        the truth is empty (as recall is 0 there)."""
+        return _ratio(self.fn, self.fn + self.tp, 0.0 if self.both_empty else 1.0)
+
     def fbeta(self, beta: float = 1.0) -> float:
         """F-beta (1 + β²)TP / ((1 + β²)TP + β²FN + FP) (van Rijsbergen 1979); 1 when both are empty."""
         b2 = beta * beta
@@ -125,6 +137,8 @@ accuracy = _from_counts("accuracy")
 precision = _from_counts("precision")
 recall = _from_counts("recall")
 specificity = _from_counts("specificity")
+fpr = _from_counts("fpr")
+fnr = _from_counts("fnr")
 
 
 def fbeta(pred: Any, gt: Any, beta: float = 1.0) -> float:
