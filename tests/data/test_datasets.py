@@ -280,7 +280,7 @@ def test_csv_list_with_relative_paths_channels_and_case_ids(tmp_path: Path) -> N
                         f"subject2,../data/s2_t1.nii.gz,{tmp_path / 'data' / 's2_t2.nii.gz'},"
                         "../data/s2_seg.nii.gz\n",
                         encoding="utf-8")
-    dataset = load_dataset(csv_path)
+    dataset = load_dataset(csv_path, allow_outside_root=True)  # refused by default: tests/hostile
     assert dataset.layout == LIST and dataset.num_channels == 2
     assert pairs(dataset.cases) == {
         f"subject{i}": ([f"s{i}_t1.nii.gz", f"s{i}_t2.nii.gz"], f"s{i}_seg.nii.gz") for i in (1, 2)}

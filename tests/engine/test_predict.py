@@ -10,26 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import tiny_checkpoint as _checkpoint
 from medseg.cli import main
 from medseg.data.io import read_image, read_mask
 from medseg.data.preprocess import Preprocessor
-from medseg.engine.checkpoint import make_checkpoint, save_checkpoint
 from medseg.engine.inference import logits_to_labels
 from medseg.engine.predict import predict_paths
 from medseg.registry import create_model
-
-
-def _checkpoint(path: Path, *, in_channels: int = 1, num_classes: int = 1, dims: int = 2, seed: int = 0,
-                mode: str = "binary", name: str = "unet", preprocessing: dict | None = None,
-                inference: dict | None = None, **options) -> Path:
-    torch.manual_seed(seed)
-    options = {"features": 4, "depth": 2, **options}
-    model = create_model(name, in_channels=in_channels, num_classes=num_classes, spatial_dims=dims, **options)
-    prep = preprocessing if preprocessing is not None else Preprocessor(normalization="zscore").to_dict()
-    ckpt = make_checkpoint(model, name=name, in_channels=in_channels, num_classes=num_classes,
-                           spatial_dims=dims, options=options, label_mode=mode, preprocessing=prep,
-                           inference=inference or {"mirror": False})
-    return save_checkpoint(path, ckpt)
 
 
 def _png(path: Path, size: tuple[int, int], seed: int, rgb: bool = False) -> Path:

@@ -83,7 +83,8 @@ class CheckReport:
         return [*map(str, self.problems), *self.summary_lines(), verdict]
 
 
-def check_dataset(path: str | Path, num_classes: int | None = None, progress: bool = True) -> CheckReport:
+def check_dataset(path: str | Path, num_classes: int | None = None, progress: bool = True,
+                  allow_outside_root: bool = False) -> CheckReport:
     """Read every case of the data set at ``path`` and collect all of its problems.
 
     Args:
@@ -92,6 +93,7 @@ def check_dataset(path: str | Path, num_classes: int | None = None, progress: bo
             binary, ``{0, 1}``); by default the classes of ``dataset.json`` when it declares them,
             else label values are not checked.
         progress: show a progress bar over the cases on stderr.
+        allow_outside_root: let a CSV/JSON list name files outside its folder (else each is a problem).
 
     Raises:
         DataError: only when ``path`` does not exist; every other problem is in the report.
@@ -100,7 +102,7 @@ def check_dataset(path: str | Path, num_classes: int | None = None, progress: bo
     if not path.exists():
         raise DataError(path, "no such file or folder")
     try:
-        dataset, errors = scan_dataset(path)
+        dataset, errors = scan_dataset(path, allow_outside_root)
     except DataError as exc:
         return CheckReport(root=path, layout=None, problems=[Problem(exc.path, exc.problem)])
     report = CheckReport(root=dataset.root, layout=dataset.layout, num_cases=len(dataset.cases),

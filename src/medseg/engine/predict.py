@@ -29,7 +29,15 @@ from tqdm import tqdm
 
 from medseg.data.datasets import Case, group_channels, image_files
 from medseg.data.geometry import DataError, Geometry
-from medseg.data.io import case_id, image_extension, lossless_mask_path, read_image, write_image, write_mask
+from medseg.data.io import (
+    case_id,
+    has_non_finite,
+    image_extension,
+    lossless_mask_path,
+    read_image,
+    write_image,
+    write_mask,
+)
 from medseg.data.preprocess import PreprocessedCase, Preprocessor
 from medseg.engine.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
 from medseg.engine.device import resolve_device
@@ -194,6 +202,8 @@ def _read_case(case: Case) -> tuple[np.ndarray, Geometry]:
     arrays, geometry = [], None
     for path in case.images:
         array, geo = read_image(path)
+        if has_non_finite(array):
+            raise DataError(path, "contains NaN or Inf voxels")
         if geometry is not None and tuple(geo.shape) != tuple(geometry.shape):
             raise DataError(path, f"channel of shape {tuple(geo.shape)} differs from {tuple(geometry.shape)}")
         geometry = geometry or geo
