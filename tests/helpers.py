@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +87,30 @@ def tiny_checkpoint(path: Path, *, in_channels: int = 1, num_classes: int = 1, d
                            spatial_dims=dims, options=options, label_mode=mode, preprocessing=prep,
                            inference=inference or {"mirror": False})
     return save_checkpoint(path, ckpt)
+
+
+def cli_command(*args: object) -> list[str]:
+    """``python -m medseg.cli ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "medseg.cli", *map(str, args)]
+
+
+def single_thread_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def sigkill_when(command: Sequence[str], ready: Callable[[], bool], timeout: float = 60) -> None:
+    """Start ``command``, poll ``ready()`` every few milliseconds and SIGKILL the process once it is true;
+    fails when the process ends first (it had nothing left to interrupt) or ``timeout`` passes."""
+    process = subprocess.Popen(list(command), env=single_thread_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while process.poll() is None and not ready():
+            assert time.monotonic() < deadline, f"not ready after {timeout} s: {command}"
+            time.sleep(0.01)
+        assert process.poll() is None, "the process ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL

@@ -8,7 +8,9 @@ convert to labels (threshold / argmax), postprocess, map back to the source grid
 a PNG overlay for 2D images.
 
 Every output file is written atomically; when a case fails, the files already written for it are removed,
-so no partial case remains. Errors are :class:`~medseg.errors.MedsegError` (one line, exit 2 on the CLI).
+so no partial case remains. A killed run leaves only complete files (and perhaps hidden temporaries, which
+the next run removes when it writes that case again); running the command again rewrites every case.
+Errors are :class:`~medseg.errors.MedsegError` (one line, exit 2 on the CLI).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from medseg.engine.inference import (
 )
 from medseg.engine.postprocess import PostprocessOptions, postprocess
 from medseg.errors import MedsegError
-from medseg.fileio import write_bytes_atomically
+from medseg.fileio import remove_stale_temporaries_of, write_bytes_atomically
 from medseg.outputs import main_logits
 
 logger = logging.getLogger(__name__)
@@ -310,6 +312,9 @@ def _revert_scores(scores: np.ndarray, preprocessor: Preprocessor, case: Preproc
 
 def _write_outputs(outputs: CaseOutputs, image: np.ndarray, labels: np.ndarray, geometry: Geometry,
                    probabilities: np.ndarray | None, written: list[Path]) -> None:
+    for path in (outputs.mask, outputs.probabilities, outputs.overlay):  # what a killed run left
+        if path is not None:
+            remove_stale_temporaries_of(path)
     written.append(outputs.mask)
     if labels.shape[0] == 1:
         write_mask(outputs.mask, labels, geometry)
