@@ -1,14 +1,28 @@
-"""Assertions and file writers shared by the test modules (importable because pytest puts tests/ on the
-path)."""
+"""Assertions and builders shared by the test modules (importable because pytest puts tests/ on the path)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import struct
-from collections.abc import Mapping
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from medseg.data import write_polyp_dataset
+from medseg.data.preprocess import Preprocessor
+from medseg.engine.checkpoint import make_checkpoint, save_checkpoint
+from medseg.registry import create_model
+
+NO_AUGMENTATION = {name: False for name in ("mirror", "rot90", "rotation", "scale", "shear", "elastic",
+                                            "noise", "blur", "brightness", "contrast", "low_resolution",
+                                            "gamma")}
 
 
 def assert_grads_finite(block: torch.nn.Module, x: torch.Tensor) -> None:
@@ -53,3 +67,66 @@ def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> Path:
     text = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(text)) + text + blob)
     return path
+
+
+def truncated(path: Path) -> Path:
+    """Cut a file to half its size."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def tiny_config(tmp: Path, run: str = "run", **train_options: Any) -> dict[str, Any]:
+    """unet features 4 depth 2 on 8 synthetic 32x32 images, whole-image batches, no augmentation, CPU."""
+    data = tmp / "data"
+    write_polyp_dataset(data, n_cases=8, size=(32, 32))
+    return {
+        "run_dir": str(tmp / run),
+        "data": {"root": str(data), "batch_size": 2, "num_workers": 0, "cache_dir": str(tmp / "cache")},
+        "model": {"name": "unet", "options": {"features": 4, "depth": 2}},
+        "loss": {"losses": [{"name": "dice"}, {"name": "bce"}]},
+        "optim": {"name": "adam", "lr": 0.01},
+        "train": {"epochs": 3, "iterations_per_epoch": None, "device": "cpu", "seed": 0, **train_options},
+        "augmentation": dict(NO_AUGMENTATION),
+    }
+
+
+def tiny_checkpoint(path: Path, *, in_channels: int = 1, num_classes: int = 1, dims: int = 2, seed: int = 0,
+                    mode: str = "binary", name: str = "unet", preprocessing: dict | None = None,
+                    inference: dict | None = None, **options: Any) -> Path:
+    """An untrained seeded network saved as a medseg checkpoint (unet features 4 depth 2 by default)."""
+    torch.manual_seed(seed)
+    options = {"features": 4, "depth": 2, **options}
+    model = create_model(name, in_channels=in_channels, num_classes=num_classes, spatial_dims=dims, **options)
+    prep = preprocessing if preprocessing is not None else Preprocessor(normalization="zscore").to_dict()
+    ckpt = make_checkpoint(model, name=name, in_channels=in_channels, num_classes=num_classes,
+                           spatial_dims=dims, options=options, label_mode=mode, preprocessing=prep,
+                           inference=inference or {"mirror": False})
+    return save_checkpoint(path, ckpt)
+
+
+def cli_command(*args: object) -> list[str]:
+    """``python -m medseg.cli ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "medseg.cli", *map(str, args)]
+
+
+def single_thread_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def sigkill_when(command: Sequence[str], ready: Callable[[], bool], timeout: float = 60) -> None:
+    """Start ``command``, poll ``ready()`` every few milliseconds and SIGKILL the process once it is true;
+    fails when the process ends first (it had nothing left to interrupt) or ``timeout`` passes."""
+    process = subprocess.Popen(list(command), env=single_thread_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while process.poll() is None and not ready():
+            assert time.monotonic() < deadline, f"not ready after {timeout} s: {command}"
+            time.sleep(0.01)
+        assert process.poll() is None, "the process ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from medseg.fileio import atomic_path, write_bytes_atomically, write_text_atomically
+from medseg.fileio import (
+    atomic_path,
+    remove_stale_temporaries_of,
+    write_bytes_atomically,
+    write_text_atomically,
+)
 
 
 def test_write_text_creates_folders_and_replaces(tmp_path: Path) -> None:
@@ -25,3 +30,16 @@ def test_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> N
         raise RuntimeError("crash while writing")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.bin"]
+
+
+def test_stale_temporaries_of_one_target_are_removed(tmp_path: Path) -> None:
+    """What killed writers of ``a[1].png`` left (a file, a staging folder) goes; other files stay."""
+    (tmp_path / ".a[1].png.x1.tmp").write_bytes(b"half")
+    (tmp_path / ".a[1].png.x2.tmp").mkdir()
+    (tmp_path / ".a[1].png.x2.tmp" / "a[1].png").write_bytes(b"half")
+    keep = [tmp_path / "a[1].png", tmp_path / ".b.png.x3.tmp", tmp_path / ".a[1].png.x4.part"]
+    for path in keep:
+        path.write_bytes(b"keep")
+    removed = remove_stale_temporaries_of(tmp_path / "a[1].png")
+    assert [p.name for p in removed] == [".a[1].png.x1.tmp", ".a[1].png.x2.tmp"]
+    assert sorted(tmp_path.iterdir()) == sorted(keep)

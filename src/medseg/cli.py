@@ -209,12 +209,14 @@ def configure_check(parser: argparse.ArgumentParser) -> None:
                         help="label values must lie in 0..N-1 (1: binary, {0, 1}); "
                              "default: the classes of dataset.json, else not checked")
     _add_channels_suffix(parser)
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="let a .csv/.json list name files outside its own folder (../, absolute paths)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run_check(args: argparse.Namespace) -> int:
     report = check_dataset(args.data, num_classes=args.num_classes, progress=not args.no_progress,
-                           channels_suffix=args.channels_suffix)
+                           channels_suffix=args.channels_suffix, allow_outside_root=args.allow_outside_root)
     print("\n".join(report.lines()))
     return 0 if report.ok else 2
 

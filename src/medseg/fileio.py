@@ -6,7 +6,9 @@ A reader never sees a half-written file and a crash leaves the previous version 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +33,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries_of(path: str | Path) -> list[Path]:
+    """Delete the hidden temporaries (``.NAME.*.tmp`` files or staging folders) that a killed writer of
+    ``path`` left beside it; call before writing ``path`` again. Returns what was removed."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    for tmp in stale:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+    return stale
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:

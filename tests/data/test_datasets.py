@@ -188,6 +188,42 @@ def test_nnunet_v2_channel_files_group_into_multichannel_cases(tmp_path: Path) -
     assert pairs(dataset.test_cases) == {"brain_010": (test_images, None)}
 
 
+def test_paired_names_ending_in_four_digits_are_one_case_each(tmp_path: Path) -> None:
+    """PolypGen's names: the nnU-Net channel rule does not apply outside its layout."""
+    names = [f"10_endocv2021_positive_{i:04d}" for i in range(3)]
+    touch(tmp_path, *(f"images/{n}.jpg" for n in names), *(f"masks/{n}_mask.jpg" for n in names[:2]),
+          f"masks/{names[2]}.jpg")
+    dataset = load_dataset(tmp_path)
+    assert pairs(dataset.cases) == {names[0]: ([f"{names[0]}.jpg"], f"{names[0]}_mask.jpg"),
+                                    names[1]: ([f"{names[1]}.jpg"], f"{names[1]}_mask.jpg"),
+                                    names[2]: ([f"{names[2]}.jpg"], f"{names[2]}.jpg")}
+
+
+def test_paired_channel_files_are_grouped_when_declared(tmp_path: Path) -> None:
+    touch(tmp_path, "images/a_0000.png", "images/a_0001.png", "masks/a.png")
+    assert pairs(load_dataset(tmp_path, channels_suffix=True).cases) == {
+        "a": (["a_0000.png", "a_0001.png"], "a.png")}
+    with pytest.raises(DataError, match="without a partner"):  # one case per file: a_0001 has no mask
+        load_dataset(tmp_path)
+
+
+def test_decathlon_channel_rule_can_be_switched_off(tmp_path: Path) -> None:
+    touch(tmp_path, "imagesTr/scan_0001.nii.gz", "imagesTr/scan_0002.nii.gz",
+          "labelsTr/scan_0001.nii.gz", "labelsTr/scan_0002.nii.gz")
+    dataset = load_dataset(tmp_path, channels_suffix=False)
+    assert sorted(dataset.case_ids) == ["scan_0001", "scan_0002"]
+
+
+def test_paired_nested_folders_match_masks_in_the_same_sub_folder(tmp_path: Path) -> None:
+    touch(tmp_path, "images/centre 1/x.jpg", "images/centre 1/y.JPG", "images/centre2/x.jpg",
+          "masks/centre 1/x_mask.png", "masks/centre 1/y.jpg", "masks/centre2/x.jpg")
+    dataset = load_dataset(tmp_path)
+    assert pairs(dataset.cases) == {"centre 1__x": (["x.jpg"], "x_mask.png"),
+                                    "centre 1__y": (["y.JPG"], "y.jpg"),
+                                    "centre2__x": (["x.jpg"], "x.jpg")}
+    assert dataset.case("centre2__x").label == tmp_path / "masks/centre2/x.jpg"
+
+
 def test_nnunet_channels_without_dataset_json_are_counted_from_files(tmp_path: Path) -> None:
     touch(tmp_path, *(f"imagesTr/c{i}_000{k}.png" for i in (1, 2) for k in range(3)),
           "labelsTr/c1.png", "labelsTr/c2.png")
@@ -280,7 +316,7 @@ def test_csv_list_with_relative_paths_channels_and_case_ids(tmp_path: Path) -> N
                         f"subject2,../data/s2_t1.nii.gz,{tmp_path / 'data' / 's2_t2.nii.gz'},"
                         "../data/s2_seg.nii.gz\n",
                         encoding="utf-8")
-    dataset = load_dataset(csv_path)
+    dataset = load_dataset(csv_path, allow_outside_root=True)  # refused by default: tests/hostile
     assert dataset.layout == LIST and dataset.num_channels == 2
     assert pairs(dataset.cases) == {
         f"subject{i}": ([f"s{i}_t1.nii.gz", f"s{i}_t2.nii.gz"], f"s{i}_seg.nii.gz") for i in (1, 2)}

@@ -11,17 +11,11 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
+from helpers import truncated
 from medseg.data.geometry import DataError
 from medseg.data.io import read_image, read_mask
 
 NOISE = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
-
-
-def truncated(path: Path) -> Path:
-    """Cut a file to half its size."""
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    return path
 
 
 def truncated_png(folder: Path) -> Path:

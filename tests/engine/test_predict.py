@@ -10,26 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import tiny_checkpoint as _checkpoint
 from medseg.cli import main
+from medseg.data.geometry import DataError
 from medseg.data.io import read_image, read_mask
 from medseg.data.preprocess import Preprocessor
-from medseg.engine.checkpoint import make_checkpoint, save_checkpoint
 from medseg.engine.inference import logits_to_labels
 from medseg.engine.predict import predict_paths
 from medseg.registry import create_model
-
-
-def _checkpoint(path: Path, *, in_channels: int = 1, num_classes: int = 1, dims: int = 2, seed: int = 0,
-                mode: str = "binary", name: str = "unet", preprocessing: dict | None = None,
-                inference: dict | None = None, **options) -> Path:
-    torch.manual_seed(seed)
-    options = {"features": 4, "depth": 2, **options}
-    model = create_model(name, in_channels=in_channels, num_classes=num_classes, spatial_dims=dims, **options)
-    prep = preprocessing if preprocessing is not None else Preprocessor(normalization="zscore").to_dict()
-    ckpt = make_checkpoint(model, name=name, in_channels=in_channels, num_classes=num_classes,
-                           spatial_dims=dims, options=options, label_mode=mode, preprocessing=prep,
-                           inference=inference or {"mirror": False})
-    return save_checkpoint(path, ckpt)
 
 
 def _png(path: Path, size: tuple[int, int], seed: int, rgb: bool = False) -> Path:
@@ -107,9 +95,44 @@ def test_channel_files_are_grouped_into_one_case(tmp_path: Path) -> None:
         for channel in range(2):
             data = np.random.default_rng(channel).normal(size=(8, 8, 6)).astype(np.float32)
             nib.save(nib.Nifti1Image(data, np.eye(4)), inputs / f"{case}_{channel:04d}.nii.gz")
-    written = predict_paths([ckpt], inputs, tmp_path / "out", progress=False)
+    written = predict_paths([ckpt], inputs, tmp_path / "out", progress=False, channels_suffix=True)
     assert sorted(p.name for p in written) == ["p1.nii.gz", "p2.nii.gz"]
     assert read_image(written[0])[0].shape == read_image(inputs / "p1_0000.nii.gz")[0].shape
+    # undeclared, outside an nnU-Net folder: each file is a case of one channel
+    with pytest.raises(DataError, match="1 channels, the model takes 2 .*--channels-suffix"):
+        predict_paths([ckpt], inputs, tmp_path / "plain", progress=False)
+
+
+def test_channel_files_of_an_nnunet_images_folder_are_grouped_without_being_told(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path / "m.pt", in_channels=2, dims=3)
+    inputs = tmp_path / "imagesTs"
+    inputs.mkdir()
+    for channel in range(2):
+        data = np.random.default_rng(channel).normal(size=(8, 8, 6)).astype(np.float32)
+        nib.save(nib.Nifti1Image(data, np.eye(4)), inputs / f"p1_{channel:04d}.nii.gz")
+    written = predict_paths([ckpt], inputs, tmp_path / "out", progress=False)
+    assert [p.name for p in written] == ["p1.nii.gz"]
+
+
+def test_names_ending_in_four_digits_are_cases_of_their_own_outside_nnunet_layouts(tmp_path: Path) -> None:
+    """PolypGen's ``10_endocv2021_positive_0000.jpg``: RGB files, each one case (not channel 0 of one)."""
+    ckpt = _checkpoint(tmp_path / "m.pt", in_channels=3)
+    inputs = tmp_path / "polypgen"
+    names = [f"{c}_endocv2021_positive_{i:04d}" for c, i in ((10, 0), (10, 1), (10, 2), (3, 7))]
+    for i, name in enumerate(names):
+        inputs.mkdir(exist_ok=True)
+        _png(inputs / f"{name}.png", (16, 16), i, rgb=True)
+    written = predict_paths([ckpt], inputs, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in written) == sorted(f"{n}.png" for n in names)
+
+
+def test_nested_folders_are_searched_and_named_by_their_sub_folders(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path / "m.pt")
+    for centre in ("centre A", "centre_b"):
+        (tmp_path / "in" / centre).mkdir(parents=True)
+        _png(tmp_path / "in" / centre / "x.PNG", (16, 16), 0)
+    written = predict_paths([ckpt], tmp_path / "in", tmp_path / "out", progress=False)
+    assert sorted(p.name for p in written) == ["centre A__x.png", "centre_b__x.png"]
 
 
 def test_ensemble_averages_probabilities_and_saves_npz(tmp_path: Path) -> None:

@@ -15,32 +15,13 @@ import pytest
 import torch
 import yaml
 
+from helpers import tiny_config
 from medseg.cli import main
-from medseg.data import write_polyp_dataset
 from medseg.engine import trainer as trainer_module
 from medseg.engine.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
 from medseg.engine.config import config_from_dict
 from medseg.engine.trainer import train
 from medseg.errors import MedsegError
-
-NO_AUGMENTATION = {name: False for name in ("mirror", "rot90", "rotation", "scale", "shear", "elastic",
-                                            "noise", "blur", "brightness", "contrast", "low_resolution",
-                                            "gamma")}
-
-
-def tiny_config(tmp: Path, run: str = "run", **train_options: Any) -> dict[str, Any]:
-    """unet features 4 depth 2 on 8 synthetic 32x32 images, whole-image batches, no augmentation, CPU."""
-    data = tmp / "data"
-    write_polyp_dataset(data, n_cases=8, size=(32, 32))
-    return {
-        "run_dir": str(tmp / run),
-        "data": {"root": str(data), "batch_size": 2, "num_workers": 0, "cache_dir": str(tmp / "cache")},
-        "model": {"name": "unet", "options": {"features": 4, "depth": 2}},
-        "loss": {"losses": [{"name": "dice"}, {"name": "bce"}]},
-        "optim": {"name": "adam", "lr": 0.01},
-        "train": {"epochs": 3, "iterations_per_epoch": None, "device": "cpu", "seed": 0, **train_options},
-        "augmentation": dict(NO_AUGMENTATION),
-    }
 
 
 def losses(history: list[dict[str, Any]]) -> list[float]:

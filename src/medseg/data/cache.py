@@ -109,16 +109,25 @@ def read_case(case: CaseLike, reader: Reader, mask_reader: Reader | None = None
     image = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
     if case.label is None:
         return image, None, geometry
-    label, _ = (mask_reader or reader)(Path(case.label))
+    label, label_geometry = (mask_reader or reader)(Path(case.label))
     if label.shape[0] != 1:
         raise DataError(case.label, f"label has {label.shape[0]} channels, expected 1")
     if label.shape[1:] != image.shape[1:]:
         raise DataError(case.label, f"label shape {label.shape[1:]} differs from image {image.shape[1:]}")
+    if geometry is not None and not label_geometry.matches(geometry):
+        mine, theirs = label_geometry, geometry
+        raise DataError(case.label, f"geometry differs from the image's ({case.images[0]}): spacing "
+                                    f"{_numbers(mine.spacing)} vs {_numbers(theirs.spacing)}, origin "
+                                    f"{_numbers(mine.origin)} vs {_numbers(theirs.origin)}")
     if not np.issubdtype(label.dtype, np.integer):
         if not np.isfinite(label).all() or np.any(label != np.round(label)):
             raise DataError(case.label, "label has non-integer values")
         label = label.astype(np.int64)
     return image, label, geometry
+
+
+def _numbers(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
 def _geometry_record(geometry: Geometry) -> dict[str, list[float]]:

@@ -84,7 +84,7 @@ class CheckReport:
 
 
 def check_dataset(path: str | Path, num_classes: int | None = None, progress: bool = True,
-                  channels_suffix: bool | None = None) -> CheckReport:
+                  channels_suffix: bool | None = None, allow_outside_root: bool = False) -> CheckReport:
     """Read every case of the data set at ``path`` and collect all of its problems.
 
     Args:
@@ -95,6 +95,7 @@ def check_dataset(path: str | Path, num_classes: int | None = None, progress: bo
         progress: show a progress bar over the cases on stderr.
         channels_suffix: read ``{case}_{XXXX}`` files as channels of one case (``None``: only in the
             Decathlon / nnU-Net layout; see :func:`~medseg.data.datasets.load_dataset`).
+        allow_outside_root: let a CSV/JSON list name files outside its folder (else each is a problem).
 
     Raises:
         DataError: only when ``path`` does not exist; every other problem is in the report.
@@ -103,7 +104,7 @@ def check_dataset(path: str | Path, num_classes: int | None = None, progress: bo
     if not path.exists():
         raise DataError(path, "no such file or folder")
     try:
-        dataset, errors = scan_dataset(path, channels_suffix)
+        dataset, errors = scan_dataset(path, channels_suffix, allow_outside_root)
     except DataError as exc:
         return CheckReport(root=path, layout=None, problems=[Problem(exc.path, exc.problem)])
     report = CheckReport(root=dataset.root, layout=dataset.layout, num_cases=len(dataset.cases),

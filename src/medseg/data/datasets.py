@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -128,7 +129,8 @@ class Dataset:
 # Entry points
 # ----------------------------------------------------------------------------------------------------
 
-def load_dataset(path: str | Path, strict: bool = True, channels_suffix: bool | None = None) -> Dataset:
+def load_dataset(path: str | Path, strict: bool = True, channels_suffix: bool | None = None,
+                 allow_outside_root: bool = False) -> Dataset:
     """Find the cases of the data set at ``path`` (a folder or a CSV/JSON list), detecting its layout.
 
     Args:
@@ -137,12 +139,14 @@ def load_dataset(path: str | Path, strict: bool = True, channels_suffix: bool | 
             left out of the cases with a logged warning (they stay listed in ``Dataset.unmatched``).
         channels_suffix: whether ``{case}_{XXXX}`` files are channels of one case: ``None`` (default)
             in the Decathlon / nnU-Net layout only, ``True`` in a paired folder too, ``False`` never.
+        allow_outside_root: let a CSV/JSON list name files outside its own folder (``../``, absolute
+            paths); refused by default, so a list cannot make the run read files elsewhere.
 
     Raises:
         DataError: a missing or empty path, an unknown layout, an unreadable list or ``dataset.json``,
             two masks for one image, duplicate case ids, missing channels, or no case at all.
     """
-    dataset, errors = scan_dataset(path, channels_suffix)
+    dataset, errors = scan_dataset(path, channels_suffix, allow_outside_root)
     if errors:
         raise problems_error(dataset.root, errors, "problems")
     if dataset.unmatched and strict:
@@ -154,10 +158,11 @@ def load_dataset(path: str | Path, strict: bool = True, channels_suffix: bool | 
     return dataset
 
 
-def scan_dataset(path: str | Path, channels_suffix: bool | None = None) -> tuple[Dataset, list[Problem]]:
+def scan_dataset(path: str | Path, channels_suffix: bool | None = None, allow_outside_root: bool = False
+                 ) -> tuple[Dataset, list[Problem]]:
     """The data set at ``path`` and the problems that make its case list wrong (duplicates, ambiguous
-    masks, missing channels, missing listed files), without raising for them. ``channels_suffix`` as in
-    :func:`load_dataset`.
+    masks, missing channels, missing listed files, listed files outside the list's folder unless
+    ``allow_outside_root``), without raising for them. ``channels_suffix`` as in :func:`load_dataset`.
 
     Raises:
         DataError: only when no case list can be made at all (missing path, empty folder, unknown layout,
@@ -169,7 +174,7 @@ def scan_dataset(path: str | Path, channels_suffix: bool | None = None) -> tuple
         return _scan_paired(path, channels_suffix is True)
     if layout == DECATHLON:
         return _scan_decathlon(path.parent if path.is_file() else path, channels_suffix is not False)
-    return _scan_list(path)
+    return _scan_list(path, allow_outside_root)
 
 
 def is_nnunet_folder(folder: str | Path) -> bool:
@@ -504,12 +509,12 @@ def _training_list_warnings(meta: Mapping[str, Any], path: Path, found: set[str]
 _LABEL_KEYS = ("label", "mask", "seg", "segmentation", "gt")
 
 
-def _scan_list(path: Path) -> tuple[Dataset, list[Problem]]:
+def _scan_list(path: Path, allow_outside_root: bool = False) -> tuple[Dataset, list[Problem]]:
     records = _read_csv(path) if path.suffix.lower() == ".csv" else _read_json_list(path)
     cases: list[Case] = []
     errors: list[Problem] = []
     for where, record in records:
-        case, problems = case_from_record(record, path.parent, f"{path.name} {where}")
+        case, problems = case_from_record(record, path.parent, f"{path.name} {where}", allow_outside_root)
         errors += problems
         if case is not None:
             cases.append(case)
@@ -548,9 +553,12 @@ def _read_json_list(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return [(f"entry {i}", item) for i, item in enumerate(data)]
 
 
-def case_from_record(record: Mapping[str, Any], base: Path, where: str) -> tuple[Case | None, list[Problem]]:
+def case_from_record(record: Mapping[str, Any], base: Path, where: str, allow_outside_root: bool = False
+                     ) -> tuple[Case | None, list[Problem]]:
     """A case from one CSV row or JSON object (keys ``image`` / ``images`` / ``image_0``..., ``label``,
-    ``case_id``); relative paths are taken from ``base``. Listed files that do not exist are problems."""
+    ``case_id``); relative paths are taken from ``base``. Listed files that do not exist are problems, as
+    are (unless ``allow_outside_root``) paths that leave ``base`` (``../``, absolute paths elsewhere;
+    judged on the names, so symbolic links inside ``base`` are followed)."""
     fields = {str(k).strip().lower(): v for k, v in record.items() if k is not None}
     images = _record_images(fields)
     if not images:
@@ -558,8 +566,13 @@ def case_from_record(record: Mapping[str, Any], base: Path, where: str) -> tuple
     label_text = next((fields[k] for k in _LABEL_KEYS if _filled(fields.get(k))), None)
     paths = [_resolve(base, text) for text in images]
     label = _resolve(base, label_text) if label_text is not None else None
-    problems = [Problem(p, f"does not exist (listed in {where})") for p in [*paths, label]
-                if p is not None and not p.exists()]
+    listed = [p for p in [*paths, label] if p is not None]
+    outside = [] if allow_outside_root else [p for p in listed if not _inside(base, p)]
+    problems = [Problem(p, f"outside the list's folder {base} (listed in {where}); set "
+                           "data.allow_outside_root: true (medseg check --allow-outside-root) to allow it")
+                for p in outside]
+    problems += [Problem(p, f"does not exist (listed in {where})") for p in listed
+                 if p not in outside and not p.exists()]
     if _filled(fields.get("case_id")):
         identifier = str(fields["case_id"]).strip()
     else:  # the first image's name, without ``_0000`` when the case has channel files
@@ -586,6 +599,9 @@ def _resolve(base: Path, text: str) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def _inside(base: Path, path: Path) -> bool:
+    """Whether ``path`` lies in ``base`` once ``..`` is resolved on the names."""
+    return Path(os.path.normpath(path.absolute())).is_relative_to(os.path.normpath(base.absolute()))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -83,7 +83,8 @@ class DataConfig:
     """Where the cases are, how they are preprocessed, split, sampled and batched.
 
     ``root`` is a data set folder (paired ``images/``+``masks/`` or the Decathlon layout) or a CSV/JSON list
-    of pairs; relative paths are relative to the working directory. ``patch_size`` None trains on whole
+    of pairs; relative paths are relative to the working directory (a list's own paths to its folder, which
+    they may not leave unless ``allow_outside_root``). ``patch_size`` None trains on whole
     images (equal shapes needed, e.g. after ``resize``). ``spacing`` (array order) resamples; None keeps
     the source grid. ``normalization`` ``auto`` picks ``rgb`` for 3-channel 2D images, ``ct`` for CT and
     ``zscore`` otherwise. ``num_classes`` None is derived (binary: 1; multiclass: the data set's labels with
@@ -97,6 +98,7 @@ class DataConfig:
     root: str | None = None
     layout: Literal["auto", "paired", "decathlon", "list"] = "auto"
     channels_suffix: bool | None = None
+    allow_outside_root: bool = False
     synthetic: SyntheticDataConfig | None = None
     patch_size: tuple[int, ...] | None = _bounded(None, ge=1)
     resize: tuple[int, ...] | None = _bounded(None, ge=1)

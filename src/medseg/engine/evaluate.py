@@ -480,13 +480,13 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_dir: str | Pa
         else:
             rows += result.rows
             ranking[result.case_id] = result.dice
-    for identifier, problem in sorted(problems.items()):
-        logger.warning("%s: %s (case left out)", identifier, problem)
     problems = dict(sorted(problems.items()))
-    if not rows:
+    if not rows:  # one error line, not a warning per case before it
         first, problem = next(iter(problems.items()))
         raise MedsegError(f"no case could be evaluated ({len(problems)} with problems), e.g. {first}: "
                           f"{problem}")
+    for identifier, problem in problems.items():
+        logger.warning("%s: %s (case left out)", identifier, problem)
     data = summarize(rows, missing=matching.missing, extra=matching.extra, metric_order=names)
     data.update(classes=list(classes), problems=problems, prediction_folder=str(pred_dir),
                 ground_truth_folder=str(gt_dir), nsd_tolerance=float(nsd_tolerance))

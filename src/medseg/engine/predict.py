@@ -8,7 +8,9 @@ convert to labels (threshold / argmax), postprocess, map back to the source grid
 a PNG overlay for 2D images.
 
 Every output file is written atomically; when a case fails, the files already written for it are removed,
-so no partial case remains. Errors are :class:`~medseg.errors.MedsegError` (one line, exit 2 on the CLI).
+so no partial case remains. A killed run leaves only complete files (and perhaps hidden temporaries, which
+the next run removes when it writes that case again); running the command again rewrites every case.
+Errors are :class:`~medseg.errors.MedsegError` (one line, exit 2 on the CLI).
 """
 
 from __future__ import annotations
@@ -29,7 +31,15 @@ from tqdm import tqdm
 
 from medseg.data.datasets import Case, cases_of_files, image_files, is_nnunet_folder
 from medseg.data.geometry import DataError, Geometry
-from medseg.data.io import case_id, image_extension, lossless_mask_path, read_image, write_image, write_mask
+from medseg.data.io import (
+    case_id,
+    has_non_finite,
+    image_extension,
+    lossless_mask_path,
+    read_image,
+    write_image,
+    write_mask,
+)
 from medseg.data.preprocess import PreprocessedCase, Preprocessor
 from medseg.engine.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
 from medseg.engine.device import resolve_device
@@ -42,7 +52,7 @@ from medseg.engine.inference import (
 )
 from medseg.engine.postprocess import PostprocessOptions, postprocess
 from medseg.errors import MedsegError
-from medseg.fileio import write_bytes_atomically
+from medseg.fileio import remove_stale_temporaries_of, write_bytes_atomically
 from medseg.outputs import main_logits
 
 logger = logging.getLogger(__name__)
@@ -202,6 +212,8 @@ def _read_case(case: Case) -> tuple[np.ndarray, Geometry]:
     arrays, geometry = [], None
     for path in case.images:
         array, geo = read_image(path)
+        if has_non_finite(array):
+            raise DataError(path, "contains NaN or Inf voxels")
         if geometry is not None and tuple(geo.shape) != tuple(geometry.shape):
             raise DataError(path, f"channel of shape {tuple(geo.shape)} differs from {tuple(geometry.shape)}")
         geometry = geometry or geo
@@ -308,6 +320,9 @@ def _revert_scores(scores: np.ndarray, preprocessor: Preprocessor, case: Preproc
 
 def _write_outputs(outputs: CaseOutputs, image: np.ndarray, labels: np.ndarray, geometry: Geometry,
                    probabilities: np.ndarray | None, written: list[Path]) -> None:
+    for path in (outputs.mask, outputs.probabilities, outputs.overlay):  # what a killed run left
+        if path is not None:
+            remove_stale_temporaries_of(path)
     written.append(outputs.mask)
     if labels.shape[0] == 1:
         write_mask(outputs.mask, labels, geometry)
@@ -336,7 +351,10 @@ def predict_case(models: Sequence[LoadedModel], case: Case, outputs: CaseOutputs
     try:
         image, geometry = _read_case(case)
         if image.shape[0] != first.in_channels:
-            raise DataError(case.images[0], f"{image.shape[0]} channels, the model takes {first.in_channels}")
+            hint = " (for one file per channel, {case}_0000, {case}_0001, ..., pass --channels-suffix)" \
+                if len(case.images) == 1 and first.in_channels > image.shape[0] else ""
+            raise DataError(case.images[0], f"{image.shape[0]} channels, the model takes {first.in_channels}"
+                                            + hint)
         if geometry.spatial_dims != first.spatial_dims:
             raise DataError(case.images[0], f"{geometry.spatial_dims}D image, the model is "
                                             f"{first.spatial_dims}D")

@@ -4,6 +4,7 @@ plots and predictions (names fixed here so the trainer, ``predict`` and the repo
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from medseg.errors import MedsegError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunPaths", "prepare_run_dir", "remove_stale_temporaries"]
+__all__ = ["RunPaths", "discard_new_run", "prepare_run_dir", "remove_stale_temporaries"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +69,14 @@ def prepare_run_dir(run_dir: str | Path, resume: bool = False) -> RunPaths:
                           "with --resume or choose another run_dir")
     paths.root.mkdir(parents=True, exist_ok=True)
     return paths
+
+
+def discard_new_run(paths: RunPaths, created: bool) -> None:
+    """Undo the set-up of a new run whose data turned out unusable: the whole folder when the run created
+    it (nothing else can be in it), else only the config and split it wrote."""
+    if created:
+        shutil.rmtree(paths.root, ignore_errors=True)
+        return
+    for path in (paths.config, paths.splits):
+        path.unlink(missing_ok=True)
+    remove_stale_temporaries(paths.root)

@@ -52,6 +52,7 @@ from medseg.data import (
     write_splits,
 )
 from medseg.data.datasets import Dataset, kfold_splits
+from medseg.data.geometry import DataError
 from medseg.encoders import Encoder, load_encoder_weights
 from medseg.engine.checkpoint import (
     epoch_checkpoint_path,
@@ -75,7 +76,7 @@ from medseg.engine.distributed import (
     wrap_model,
 )
 from medseg.engine.plots import plot_progress
-from medseg.engine.rundir import RunPaths, prepare_run_dir
+from medseg.engine.rundir import RunPaths, discard_new_run, prepare_run_dir
 from medseg.errors import MedsegError
 from medseg.fileio import write_text_atomically
 from medseg.layers import resize_to
@@ -213,6 +214,18 @@ def _num_classes(config: RunConfig, dataset: Dataset, cache: PreprocessedCache) 
     return channels
 
 
+def _check_label_values(dataset: Dataset, cache: PreprocessedCache, case_ids: Sequence[str],
+                        num_classes: int) -> None:
+    """Multiclass labels must lie in ``0 .. num_classes - 1`` (else the loss would index past its classes)."""
+    for case_id in case_ids:
+        info = cache.info(case_id)
+        values = info.get("label_values", info.get("classes", []))
+        outside = sorted(int(v) for v in values if v >= num_classes)
+        if outside:
+            raise DataError(dataset.case(case_id).label, f"label values {outside} outside the {num_classes} "
+                                                         f"classes 0..{num_classes - 1} (data.num_classes)")
+
+
 def prepare_data(config: RunConfig, paths: RunPaths, ctx: DistributedContext, resume: bool,
                  progress: bool) -> DataPlan:
     """Load the data set, split it (written to ``splits.json``), preprocess it into the cache (rank 0;
@@ -222,7 +235,8 @@ def prepare_data(config: RunConfig, paths: RunPaths, ctx: DistributedContext, re
         raise MedsegError("data.root: no data set given (a folder or a CSV/JSON list)")
     _ensure_synthetic(config, ctx)
     barrier(ctx)
-    dataset = load_dataset(data.root, channels_suffix=data.channels_suffix)
+    dataset = load_dataset(data.root, channels_suffix=data.channels_suffix,
+                           allow_outside_root=data.allow_outside_root)
     if not dataset.cases:
         raise MedsegError(f"data.root: no labelled cases found in {data.root}")
     train_ids, val_ids = _split(config, dataset, paths, resume)
@@ -241,6 +255,8 @@ def prepare_data(config: RunConfig, paths: RunPaths, ctx: DistributedContext, re
     barrier(ctx)
     cache = PreprocessedCache(cache_root, preprocessor, seed=config.train.seed)
     num_classes = _num_classes(config, dataset, cache)
+    if data.label_mode == "multiclass":
+        _check_label_values(dataset, cache, train_ids + val_ids, num_classes)
     names = data.class_names
     if names is None and dataset.class_names:
         names = [dataset.class_names[k] for k in sorted(dataset.class_names) if k != 0]
@@ -713,11 +729,17 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> 
         device = resolve_device(config.train.device, ctx.local_rank, key="train.device")
         seed_everything(config.train.seed)
         paths = RunPaths.at(config.resolved_run_dir())
+        created = not paths.root.exists()
         if ctx.is_main:
             prepare_run_dir(paths.root, resume=resume)
             save_config(config, paths.config)
         barrier(ctx)
-        plan = prepare_data(config, paths, ctx, resume, progress)
+        try:
+            plan = prepare_data(config, paths, ctx, resume, progress)
+        except MedsegError:
+            if ctx.is_main and not resume:  # bad data: leave no half-made run behind
+                discard_new_run(paths, created)
+            raise
         seed_everything(config.train.seed)  # the same model initialisation whatever the data step drew
         result = Trainer(config, ctx, paths, device, plan, progress, resume=resume).run(resume)
     except BaseException:

@@ -15,6 +15,8 @@ JPEG is refused by :func:`medseg.data.io.write_mask` for the same reason.
 
 from __future__ import annotations
 
+import struct
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,8 +42,13 @@ WRITABLE_MODES = {
 
 
 def _load(path: Path) -> Image.Image:
-    """Open and decode one 2D image (the whole file is read, so truncation is found here)."""
-    with library_errors(path, "cannot read image"), Image.open(path) as image:
+    """Open and decode one 2D image (the whole file is read, so truncation is found here). An image of more
+    than ``Image.MAX_IMAGE_PIXELS`` pixels is refused before decoding (Pillow itself only warns up to twice
+    that limit): a decompression bomb, or a header that lies about the size."""
+    with library_errors(path, "cannot read image"), warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(path)
+    with library_errors(path, "cannot read image"), image:
         frames = getattr(image, "n_frames", 1)
         if frames > 1:
             raise DataError(path, f"multi-frame image ({frames} frames); only 2D images are supported")
@@ -80,7 +87,13 @@ def _is_16_bit_colour_png(path: Path) -> bool:
 
 
 def _read_16_bit_colour_png(path: Path) -> tuple[np.ndarray, Geometry]:
-    """A 16-bit RGB(A) PNG read with SimpleITK, which keeps all 16 bits."""
+    """A 16-bit RGB(A) PNG read with SimpleITK, which keeps all 16 bits (after Pillow's size limit)."""
+    with path.open("rb") as file:
+        width, height = struct.unpack(">II", file.read(24)[16:24])
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise DataError(path, f"cannot read image (Image size ({width * height} pixels) exceeds limit of "
+                              f"{limit} pixels, could be decompression bomb DOS attack.)")
     with library_errors(path, "cannot read image"), quiet_itk():
         image = sitk.ReadImage(str(path), imageIO="PNGImageIO")
     array, geometry = from_sitk_image(image, path, "png", {"mode": "RGB;16", "format": "PNG"})
