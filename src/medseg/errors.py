@@ -30,5 +30,6 @@ def unknown_name_message(kind: str, name: str, known: Iterable[str]) -> str:
     """``unknown {kind} 'name'; did you mean a, b?`` (the closest known names), or the list of all of them."""
     names = sorted(known)
     close = difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; known {kind}s: {', '.join(names)}"
+    plural = kind + ("es" if kind.endswith("s") else "s")
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known {plural}: {', '.join(names)}"
     return f"unknown {kind} {name!r}{hint}"
