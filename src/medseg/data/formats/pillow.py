@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
-from medseg.data.formats.base import ImageFormat, as_labels, library_errors, single_channel_mask
+from medseg.data.formats.base import ImageFormat, ImageInfo, as_labels, library_errors, single_channel_mask
 from medseg.data.formats.itk import from_sitk_image, quiet_itk, to_sitk_image
 from medseg.data.geometry import DataError, Geometry
 
@@ -110,14 +110,23 @@ def _image_pixels(image: Image.Image) -> np.ndarray:
     return array
 
 
+#: Integer modes whose channel count under :func:`_image_pixels`'s rules follows from the mode alone
+#: (no palette, no alpha to test for opacity), so that :meth:`PillowFormat.inspect` needs no pixel array.
+MODE_CHANNELS = {"1": 1, "L": 1, "I": 1, "I;16": 1, "I;16L": 1, "I;16B": 1, "I;16N": 1,
+                 "RGB": 3, "CMYK": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
+
+
 def _binary_jpeg_mask(path: Path, array: np.ndarray) -> np.ndarray:
     """Binarise a near-binary JPEG mask (grey > 127), refusing JPEGs that hold other label values."""
-    grey = array[:3].mean(axis=0) if array.shape[0] >= 3 else array[0].astype(np.float64)
-    noisy = np.count_nonzero((grey > 32) & (grey < 223)) / max(grey.size, 1)
-    peak = float(grey.max(initial=0))
-    if noisy > JPEG_NOISE_SHARE or 0 < peak < 128:
+    if array.shape[0] >= 3 and array.dtype == np.uint8:  # 3 x the channel mean, in integers: exact
+        k, grey_k = 3, array[0].astype(np.uint16) + array[1] + array[2]
+    else:  # k x the grey is the grey itself
+        k, grey_k = 1, array[:3].mean(axis=0) if array.shape[0] >= 3 else array[0]
+    noisy = np.count_nonzero((grey_k > 32 * k) & (grey_k < 223 * k)) / max(grey_k.size, 1)
+    peak = grey_k.max(initial=0)
+    if noisy > JPEG_NOISE_SHARE or 0 < peak < 128 * k:
         raise DataError(path, "JPEG mask is not a near-binary 0/255 mask; store label masks losslessly (PNG)")
-    return (grey > 127).astype(np.uint8)[None]
+    return (grey_k > 127 * k).astype(np.uint8)[None]
 
 
 def _zero_255_to_binary(array: np.ndarray) -> np.ndarray:
@@ -168,6 +177,18 @@ class PillowFormat(ImageFormat):
             return _read_16_bit_colour_png(path)
         image = _load(path)
         return _image_pixels(image), self._geometry(path, image)
+
+    def inspect(self, path: Path) -> ImageInfo:
+        """Decode the whole file (truncation is found) but build a pixel array only where the channel
+        count or NaN values depend on the pixels (palette, alpha, float modes)."""
+        if _is_16_bit_colour_png(path):
+            return super().inspect(path)
+        image = _load(path)
+        geometry = self._geometry(path, image)
+        channels = MODE_CHANNELS.get(image.mode)
+        if channels is None:
+            return ImageInfo.of(_image_pixels(image), geometry)
+        return ImageInfo(channels, (image.height, image.width), geometry)
 
     def read_mask(self, path: Path) -> tuple[np.ndarray, Geometry]:
         if _is_16_bit_colour_png(path):
