@@ -15,6 +15,7 @@ from PIL import Image
 
 from medseg.cli import main
 from medseg.data.check import _process_pool, check_dataset
+from medseg.data.geometry import DataError
 from medseg.data.io import inspect_image, read_image, read_mask, write_image
 
 AFFINE = np.diag([1.0, 1.0, 2.5, 1.0])  # spacing 1 x 1 x 2.5 mm along (i, j, k) = array axes (x, y, z)
@@ -299,6 +300,20 @@ def test_inspect_image_agrees_with_read_image(tmp_path: Path) -> None:
         channels.add(info.channels)
     assert channels == {1, 2, 3, 4}  # every channel rule was exercised
     assert inspect_image(tmp_path / "pillow" / "float_nan.tif").nan > 0
+
+
+def test_inspect_finds_truncated_jpegs_as_read_image_does(tmp_path: Path) -> None:
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(rgb((64, 80), 0)).save(path, quality=95)  # noise: most bytes are entropy-coded data
+    assert inspect_image(path).shape == (64, 80)  # the header's size, not the 1/8-scale decode's
+    data = path.read_bytes()
+    for share in (0.5, 0.9):
+        path.write_bytes(data[: int(len(data) * share)])
+        with pytest.raises(DataError) as inspected:
+            inspect_image(path)
+        with pytest.raises(DataError) as read:
+            read_image(path)
+        assert "truncated" in str(inspected.value) and str(inspected.value) == str(read.value)
 
 
 def test_label_counts_match_unique(tmp_path: Path) -> None:

@@ -39,14 +39,19 @@ WRITABLE_MODES = {
 }
 
 
-def _load(path: Path) -> Image.Image:
-    """Open and decode one 2D image (the whole file is read, so truncation is found here)."""
+def _load(path: Path, scaled: bool = False) -> tuple[Image.Image, tuple[int, int]]:
+    """Open and decode one 2D image (the whole file is read, so truncation is found here); returns it
+    with the file's ``(width, height)``. With ``scaled``, a JPEG whose mode fixes its channels is decoded
+    at 1/8 size: every coefficient is still read, only the full-size reconstruction is skipped."""
     with library_errors(path, "cannot read image"), Image.open(path) as image:
         frames = getattr(image, "n_frames", 1)
         if frames > 1:
             raise DataError(path, f"multi-frame image ({frames} frames); only 2D images are supported")
+        size = image.size
+        if scaled and image.format == "JPEG" and image.mode in MODE_CHANNELS:
+            image.draft(image.mode, (1, 1))
         image.load()
-    return image
+    return image, size
 
 
 def _file_dpi(info: dict[str, Any]) -> tuple[float, float] | None:
@@ -175,25 +180,26 @@ class PillowFormat(ImageFormat):
     def read(self, path: Path) -> tuple[np.ndarray, Geometry]:
         if _is_16_bit_colour_png(path):
             return _read_16_bit_colour_png(path)
-        image = _load(path)
+        image, _ = _load(path)
         return _image_pixels(image), self._geometry(path, image)
 
     def inspect(self, path: Path) -> ImageInfo:
-        """Decode the whole file (truncation is found) but build a pixel array only where the channel
-        count or NaN values depend on the pixels (palette, alpha, float modes)."""
+        """Decode the whole file (truncation is found; a JPEG at 1/8 scale, see :func:`_load`) but build
+        a pixel array only where the channel count or NaN values depend on the pixels (palette, alpha,
+        float modes)."""
         if _is_16_bit_colour_png(path):
             return super().inspect(path)
-        image = _load(path)
-        geometry = self._geometry(path, image)
+        image, size = _load(path, scaled=True)
+        geometry = self._geometry(path, image, size)
         channels = MODE_CHANNELS.get(image.mode)
         if channels is None:
             return ImageInfo.of(_image_pixels(image), geometry)
-        return ImageInfo(channels, (image.height, image.width), geometry)
+        return ImageInfo(channels, (size[1], size[0]), geometry)
 
     def read_mask(self, path: Path) -> tuple[np.ndarray, Geometry]:
         if _is_16_bit_colour_png(path):
             return super().read_mask(path)
-        image = _load(path)
+        image, _ = _load(path)
         geometry = self._geometry(path, image)
         if image.mode == "P":
             return _channels_first(np.asarray(image)), geometry  # palette indices are the labels
@@ -222,11 +228,14 @@ class PillowFormat(ImageFormat):
             image.save(path, format=pil_format, **options)
 
     @staticmethod
-    def _geometry(path: Path, image: Image.Image) -> Geometry:
+    def _geometry(path: Path, image: Image.Image, size: tuple[int, int] | None = None) -> Geometry:
+        """Unit spacing, the mode, format and DPI; the shape of ``size`` (the file's ``(width, height)``)
+        or of ``image``."""
+        width, height = size or image.size
         meta: dict[str, Any] = {"mode": image.mode, "format": image.format}
         dpi = _file_dpi(image.info)
         if dpi is not None:
             meta["dpi"] = dpi
         return Geometry(spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0),
                         source_format=PILLOW_FORMATS[path.suffix.lower()].lower(),
-                        shape=(image.height, image.width), meta=meta)
+                        shape=(height, width), meta=meta)
