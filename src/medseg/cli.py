@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from medseg import __version__
-from medseg.data.check import check_dataset
+from medseg.data.check import check_dataset, default_workers
 from medseg.engine.benchmark import (
     BenchmarkJob,
     benchmark_models,
@@ -47,6 +47,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
     return value
 
 
@@ -211,12 +221,16 @@ def configure_check(parser: argparse.ArgumentParser) -> None:
     _add_channels_suffix(parser)
     parser.add_argument("--allow-outside-root", action="store_true",
                         help="let a .csv/.json list name files outside its own folder (../, absolute paths)")
+    parser.add_argument("--workers", type=_non_negative_int, default=None, metavar="N",
+                        help=f"processes reading cases (default: one per core, here {default_workers()}; "
+                             "0: read them in this process); the report is the same for any N")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run_check(args: argparse.Namespace) -> int:
     report = check_dataset(args.data, num_classes=args.num_classes, progress=not args.no_progress,
-                           channels_suffix=args.channels_suffix, allow_outside_root=args.allow_outside_root)
+                           channels_suffix=args.channels_suffix, allow_outside_root=args.allow_outside_root,
+                           workers=args.workers)
     print("\n".join(report.lines()))
     return 0 if report.ok else 2
 

@@ -7,28 +7,45 @@ outside the declared classes, non-integer labels, NaN/Inf voxels, empty folders.
 number of cases, the image size and spacing ranges (min/median/max per axis), the channel counts and the
 class frequencies (voxel fraction and number of cases containing each label value), the figures of
 nnU-Net's dataset fingerprint that a user checks first.
+
+Each file is decoded once; an image is only described (:func:`~medseg.data.io.inspect_image`: channels,
+shape, geometry, NaN/Inf counts), not converted, and label values are counted with ``np.bincount``. Cases
+are checked in a process pool (``workers``, default one per core); the report is the same, in the same
+order, whatever the number of workers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import multiprocessing
+import os
 import sys
+import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from tqdm import tqdm
 
 from medseg.data.datasets import Case, Dataset, Problem, scan_dataset
+from medseg.data.formats.base import ImageInfo
 from medseg.data.geometry import DataError, Geometry
-from medseg.data.io import has_non_finite, read_image, read_mask
+from medseg.data.io import inspect_image, read_mask
 
-Reader = Callable[[Path], tuple[np.ndarray, Geometry]]
+T = TypeVar("T")
 
 #: Label values listed one per line in the summary before the rest are counted.
 _MAX_CLASS_LINES = 20
 _AXES = {1: ("x",), 2: ("y", "x"), 3: ("z", "y", "x")}
+#: Label maps spanning fewer values are counted value by value; others whose values all lie in
+#: ``0 .. _MAX_BINCOUNT_LABEL`` with ``np.bincount``; the rest with ``np.unique``.
+_FEW_LABELS = 8
+_MAX_BINCOUNT_LABEL = 1 << 16
 
 
 @dataclass
@@ -40,6 +57,10 @@ class CaseStats:
     spacing: tuple[float, ...]
     channels: int
     label_counts: dict[int, int] | None = None
+
+
+#: What :func:`check_case` returns: the case's stats (``None`` when its image could not be read), problems.
+CaseResult = tuple[CaseStats | None, list[Problem]]
 
 
 @dataclass
@@ -83,8 +104,16 @@ class CheckReport:
         return [*map(str, self.problems), *self.summary_lines(), verdict]
 
 
+def default_workers() -> int:
+    """The number of cores this process may run on (``os.cpu_count()`` where affinity is unknown)."""
+    with contextlib.suppress(AttributeError, OSError):
+        return max(len(os.sched_getaffinity(0)), 1)
+    return os.cpu_count() or 1
+
+
 def check_dataset(path: str | Path, num_classes: int | None = None, progress: bool = True,
-                  channels_suffix: bool | None = None, allow_outside_root: bool = False) -> CheckReport:
+                  channels_suffix: bool | None = None, allow_outside_root: bool = False,
+                  workers: int | None = None) -> CheckReport:
     """Read every case of the data set at ``path`` and collect all of its problems.
 
     Args:
@@ -96,6 +125,8 @@ def check_dataset(path: str | Path, num_classes: int | None = None, progress: bo
         channels_suffix: read ``{case}_{XXXX}`` files as channels of one case (``None``: only in the
             Decathlon / nnU-Net layout; see :func:`~medseg.data.datasets.load_dataset`).
         allow_outside_root: let a CSV/JSON list name files outside its folder (else each is a problem).
+        workers: processes reading cases (default: :func:`default_workers`); 0 reads them in this
+            process. The report does not depend on it.
 
     Raises:
         DataError: only when ``path`` does not exist; every other problem is in the report.
@@ -114,8 +145,8 @@ def check_dataset(path: str | Path, num_classes: int | None = None, progress: bo
     allowed = _allowed_labels(dataset, num_classes)
     cases = [*dataset.cases, *dataset.test_cases]
     read_cases = []
-    for case in tqdm(cases, desc="check", unit="case", file=sys.stderr, disable=not progress, leave=False):
-        stats, problems = check_case(case, allowed)
+    results = _check_cases(cases, allowed, default_workers() if workers is None else workers, progress)
+    for case, (stats, problems) in zip(cases, results, strict=True):
         report.problems += problems
         if stats is not None:
             report.stats.append(stats)
@@ -124,8 +155,7 @@ def check_dataset(path: str | Path, num_classes: int | None = None, progress: bo
     return report
 
 
-def check_case(case: Case, allowed: tuple[set[int], str] | None = None
-               ) -> tuple[CaseStats | None, list[Problem]]:
+def check_case(case: Case, allowed: tuple[set[int], str] | None = None) -> CaseResult:
     """Read one case and list its problems; the stats are ``None`` when its image could not be read.
 
     ``allowed`` is the set of permitted label values and where it comes from (for the message).
@@ -136,21 +166,49 @@ def check_case(case: Case, allowed: tuple[set[int], str] | None = None
     label_counts = _label_counts(case.label, label[0], allowed, problems) if label is not None else None
     if image is None:
         return None, problems
-    array, geometry = image
     if label is not None:
-        problems += _pair_problems(case, geometry, label[1])
-    stats = CaseStats(case.case_id, tuple(int(s) for s in array.shape[1:]),
-                      tuple(float(s) for s in geometry.spacing), int(array.shape[0]), label_counts)
+        problems += _pair_problems(case, image.geometry, label[1])
+    stats = CaseStats(case.case_id, image.shape, tuple(float(s) for s in image.geometry.spacing),
+                      image.channels, label_counts)
     return stats, problems
+
+
+def _check_cases(cases: Sequence[Case], allowed: tuple[set[int], str] | None, workers: int,
+                 progress: bool) -> list[CaseResult]:
+    """:func:`check_case` of each case, in order, in a pool of ``workers`` processes (0: here)."""
+    check = functools.partial(check_case, allowed=allowed)
+    bar = tqdm(total=len(cases), desc="check", unit="case", file=sys.stderr, disable=not progress,
+               leave=False)
+    results: list[CaseResult] = []
+    with bar, _process_pool(workers, len(cases)) as pool:
+        chunksize = max(1, min(8, len(cases) // (4 * max(workers, 1))))
+        for result in map(check, cases) if pool is None else pool.map(check, cases, chunksize=chunksize):
+            results.append(result)
+            bar.update()
+    return results
+
+
+@contextlib.contextmanager
+def _process_pool(workers: int, num_cases: int) -> Iterator[Executor | None]:
+    """A pool of ``workers`` processes (forked where possible: no start-up imports), or ``None`` for 0
+    workers or a single case."""
+    if workers < 1 or num_cases < 2:
+        yield None
+        return
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork") if "fork" in methods else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: workers use no threads
+        with ProcessPoolExecutor(max_workers=min(workers, num_cases), mp_context=context) as pool:
+            yield pool
 
 
 # ----------------------------------------------------------------------------------------------------
 # Reading
 # ----------------------------------------------------------------------------------------------------
 
-def _read(path: Path, problems: list[Problem], reader: Reader = read_image
-          ) -> tuple[np.ndarray, Geometry] | None:
-    """``reader(path)`` (:func:`read_image` or :func:`read_mask`), or ``None`` with the reason added to
+def _read(path: Path, problems: list[Problem], reader: Callable[[Path], T]) -> T | None:
+    """``reader(path)`` (:func:`inspect_image` or :func:`read_mask`), or ``None`` with the reason added to
     ``problems``."""
     try:
         return reader(path)
@@ -161,29 +219,27 @@ def _read(path: Path, problems: list[Problem], reader: Reader = read_image
     return None
 
 
-def _read_channels(paths: Sequence[Path], problems: list[Problem]) -> tuple[np.ndarray, Geometry] | None:
-    """The case's channel files read and stacked, with their NaN/Inf voxels and mismatches reported."""
-    parts = [(p, _read(p, problems)) for p in paths]
+def _read_channels(paths: Sequence[Path], problems: list[Problem]) -> ImageInfo | None:
+    """The case's channel files read, with their NaN/Inf voxels and mismatches reported; the info of the
+    first with the channels of all."""
+    parts = [(p, _read(p, problems, inspect_image)) for p in paths]
     for p, part in parts:
         if part is not None:
-            problems += _non_finite_problems(p, part[0])
+            problems += _non_finite_problems(p, part)
     if any(part is None for _, part in parts):
         return None
-    (first, (array, geometry)), *others = parts
-    for p, (other, other_geometry) in others:
-        if other.shape[1:] != array.shape[1:] or not other_geometry.matches(geometry):
+    (first, info), *others = parts
+    for p, other in others:
+        assert info is not None and other is not None
+        if other.shape != info.shape or not other.geometry.matches(info.geometry):
             problems.append(Problem(p, f"channel file does not match {first.name}: "
-                                       f"{_difference(geometry, other_geometry)}"))
+                                       f"{_difference(info.geometry, other.geometry)}"))
             return None
-    return np.concatenate([part[0] for _, part in parts]) if others else array, geometry
+    return replace(info, channels=sum(part.channels for _, part in parts if part is not None))
 
 
-def _non_finite_problems(path: Path, array: np.ndarray) -> list[Problem]:
-    if not has_non_finite(array):
-        return []
-    nan = int(np.isnan(array).sum())
-    inf = int(np.isinf(array).sum())
-    found = [f"{n} {kind} voxels" for n, kind in ((nan, "NaN"), (inf, "Inf")) if n]
+def _non_finite_problems(path: Path, info: ImageInfo) -> list[Problem]:
+    found = [f"{n} {kind} voxels" for n, kind in ((info.nan, "NaN"), (info.inf, "Inf")) if n]
     return [Problem(path, f"contains {' and '.join(found)}")] if found else []
 
 
@@ -206,14 +262,28 @@ def _label_counts(path: Path, label: np.ndarray, allowed: tuple[set[int], str] |
 
     (:func:`~medseg.data.io.read_mask` has already refused non-integer, NaN and multi-channel labels.)
     """
-    values, counts = np.unique(label, return_counts=True)
-    label_counts = {int(v): int(c) for v, c in zip(values, counts, strict=True)}
+    label_counts = _value_counts(label)
     if allowed is not None:
         outside = sorted(set(label_counts) - allowed[0])
         if outside:
             problems.append(Problem(path, f"label values {_list_text(outside)} outside the declared classes "
                                           f"{_list_text(sorted(allowed[0]))} ({allowed[1]})"))
     return label_counts
+
+
+def _value_counts(label: np.ndarray) -> dict[int, int]:
+    """``{value: voxel count}`` of the values present, ascending: a comparison pass per value when there
+    are few, ``np.bincount`` for small non-negative values (linear time, where ``np.unique`` sorts)."""
+    if label.size and np.issubdtype(label.dtype, np.integer):
+        low, high = int(label.min()), int(label.max())
+        if high - low < _FEW_LABELS:
+            counts = {v: int(np.count_nonzero(label == v)) for v in range(low, high + 1)}
+            return {v: c for v, c in counts.items() if c}
+        if low >= 0 and high <= _MAX_BINCOUNT_LABEL:
+            counts = np.bincount(label.ravel().astype(np.intp, copy=False), minlength=high + 1)
+            return {int(v): int(counts[v]) for v in np.flatnonzero(counts)}
+    values, counts = np.unique(label, return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
 
 
 def _pair_problems(case: Case, image_geometry: Geometry, label_geometry: Geometry) -> list[Problem]:

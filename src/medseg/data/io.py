@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.formats import DicomSeriesFormat, ImageFormat, ItkFormat, NiftiFormat, PillowFormat
-from medseg.data.formats.base import as_labels
+from medseg.data.formats.base import ImageInfo, as_labels
 from medseg.data.geometry import DataError, Geometry
 from medseg.fileio import atomic_path
 
@@ -109,6 +109,13 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
     """Read an image as ``(array [C, *spatial], Geometry)`` with the file's dtype."""
     path = Path(path)
     return _readable_format(path).read(path)
+
+
+def inspect_image(path: str | Path) -> ImageInfo:
+    """Read an image completely, as :func:`read_image` does, but return only its channel count, spatial
+    shape, geometry and NaN/Inf counts (``medseg check``: no pixel array where the format needs none)."""
+    path = Path(path)
+    return _readable_format(path).inspect(path)
 
 
 def read_mask(path: str | Path) -> tuple[np.ndarray, Geometry]:

@@ -11,6 +11,7 @@ import contextlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -88,6 +89,25 @@ def single_channel_mask(path: str | Path, array: np.ndarray) -> np.ndarray:
                           "channels that differ")
 
 
+@dataclass(frozen=True)
+class ImageInfo:
+    """What ``medseg check`` needs of an image file: channels, spatial shape, geometry, NaN/Inf counts."""
+
+    channels: int
+    shape: tuple[int, ...]
+    geometry: Geometry
+    nan: int = 0
+    inf: int = 0
+
+    @classmethod
+    def of(cls, array: np.ndarray, geometry: Geometry) -> ImageInfo:
+        """The info of an image read as ``array [C, *spatial]`` (NaN/Inf counted only for float dtypes)."""
+        nan = inf = 0
+        if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+            nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+        return cls(int(array.shape[0]), tuple(int(s) for s in array.shape[1:]), geometry, nan, inf)
+
+
 class ImageFormat(ABC):
     """One format family: the extensions it owns and how it reads and writes them.
 
@@ -105,6 +125,11 @@ class ImageFormat(ABC):
     @abstractmethod
     def read(self, path: Path) -> tuple[np.ndarray, Geometry]:
         """Read ``path`` as ``(array [C, *spatial], Geometry)``."""
+
+    def inspect(self, path: Path) -> ImageInfo:
+        """Read ``path`` completely (so that damage is found) and describe it; a family whose file tells
+        channels and shape without converting the decoded pixels overrides this."""
+        return ImageInfo.of(*self.read(path))
 
     def read_mask(self, path: Path) -> tuple[np.ndarray, Geometry]:
         """Read ``path`` as a single-channel integer label map ``[1, *spatial]``."""

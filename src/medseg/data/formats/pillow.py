@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
-from medseg.data.formats.base import ImageFormat, as_labels, library_errors, single_channel_mask
+from medseg.data.formats.base import ImageFormat, ImageInfo, as_labels, library_errors, single_channel_mask
 from medseg.data.formats.itk import from_sitk_image, quiet_itk, to_sitk_image
 from medseg.data.geometry import DataError, Geometry
 
@@ -41,10 +41,12 @@ WRITABLE_MODES = {
 }
 
 
-def _load(path: Path) -> Image.Image:
-    """Open and decode one 2D image (the whole file is read, so truncation is found here). An image of more
-    than ``Image.MAX_IMAGE_PIXELS`` pixels is refused before decoding (Pillow itself only warns up to twice
-    that limit): a decompression bomb, or a header that lies about the size."""
+def _load(path: Path, scaled: bool = False) -> tuple[Image.Image, tuple[int, int]]:
+    """Open and decode one 2D image (the whole file is read, so truncation is found here); returns it
+    with the file's ``(width, height)``. With ``scaled``, a JPEG whose mode fixes its channels is decoded
+    at 1/8 size: every coefficient is still read, only the full-size reconstruction is skipped. An image
+    of more than ``Image.MAX_IMAGE_PIXELS`` pixels is refused before decoding (Pillow itself only warns
+    up to twice that limit): a decompression bomb, or a header that lies about the size."""
     with library_errors(path, "cannot read image"), warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         image = Image.open(path)
@@ -52,8 +54,11 @@ def _load(path: Path) -> Image.Image:
         frames = getattr(image, "n_frames", 1)
         if frames > 1:
             raise DataError(path, f"multi-frame image ({frames} frames); only 2D images are supported")
+        size = image.size
+        if scaled and image.format == "JPEG" and image.mode in MODE_CHANNELS:
+            image.draft(image.mode, (1, 1))
         image.load()
-    return image
+    return image, size
 
 
 def _file_dpi(info: dict[str, Any]) -> tuple[float, float] | None:
@@ -123,14 +128,23 @@ def _image_pixels(image: Image.Image) -> np.ndarray:
     return array
 
 
+#: Integer modes whose channel count under :func:`_image_pixels`'s rules follows from the mode alone
+#: (no palette, no alpha to test for opacity), so that :meth:`PillowFormat.inspect` needs no pixel array.
+MODE_CHANNELS = {"1": 1, "L": 1, "I": 1, "I;16": 1, "I;16L": 1, "I;16B": 1, "I;16N": 1,
+                 "RGB": 3, "CMYK": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
+
+
 def _binary_jpeg_mask(path: Path, array: np.ndarray) -> np.ndarray:
     """Binarise a near-binary JPEG mask (grey > 127), refusing JPEGs that hold other label values."""
-    grey = array[:3].mean(axis=0) if array.shape[0] >= 3 else array[0].astype(np.float64)
-    noisy = np.count_nonzero((grey > 32) & (grey < 223)) / max(grey.size, 1)
-    peak = float(grey.max(initial=0))
-    if noisy > JPEG_NOISE_SHARE or 0 < peak < 128:
+    if array.shape[0] >= 3 and array.dtype == np.uint8:  # 3 x the channel mean, in integers: exact
+        k, grey_k = 3, array[0].astype(np.uint16) + array[1] + array[2]
+    else:  # k x the grey is the grey itself
+        k, grey_k = 1, array[:3].mean(axis=0) if array.shape[0] >= 3 else array[0]
+    noisy = np.count_nonzero((grey_k > 32 * k) & (grey_k < 223 * k)) / max(grey_k.size, 1)
+    peak = grey_k.max(initial=0)
+    if noisy > JPEG_NOISE_SHARE or 0 < peak < 128 * k:
         raise DataError(path, "JPEG mask is not a near-binary 0/255 mask; store label masks losslessly (PNG)")
-    return (grey > 127).astype(np.uint8)[None]
+    return (grey_k > 127 * k).astype(np.uint8)[None]
 
 
 def _zero_255_to_binary(array: np.ndarray) -> np.ndarray:
@@ -179,13 +193,26 @@ class PillowFormat(ImageFormat):
     def read(self, path: Path) -> tuple[np.ndarray, Geometry]:
         if _is_16_bit_colour_png(path):
             return _read_16_bit_colour_png(path)
-        image = _load(path)
+        image, _ = _load(path)
         return _image_pixels(image), self._geometry(path, image)
+
+    def inspect(self, path: Path) -> ImageInfo:
+        """Decode the whole file (truncation is found; a JPEG at 1/8 scale, see :func:`_load`) but build
+        a pixel array only where the channel count or NaN values depend on the pixels (palette, alpha,
+        float modes)."""
+        if _is_16_bit_colour_png(path):
+            return super().inspect(path)
+        image, size = _load(path, scaled=True)
+        geometry = self._geometry(path, image, size)
+        channels = MODE_CHANNELS.get(image.mode)
+        if channels is None:
+            return ImageInfo.of(_image_pixels(image), geometry)
+        return ImageInfo(channels, (size[1], size[0]), geometry)
 
     def read_mask(self, path: Path) -> tuple[np.ndarray, Geometry]:
         if _is_16_bit_colour_png(path):
             return super().read_mask(path)
-        image = _load(path)
+        image, _ = _load(path)
         geometry = self._geometry(path, image)
         if image.mode == "P":
             return _channels_first(np.asarray(image)), geometry  # palette indices are the labels
@@ -214,11 +241,14 @@ class PillowFormat(ImageFormat):
             image.save(path, format=pil_format, **options)
 
     @staticmethod
-    def _geometry(path: Path, image: Image.Image) -> Geometry:
+    def _geometry(path: Path, image: Image.Image, size: tuple[int, int] | None = None) -> Geometry:
+        """Unit spacing, the mode, format and DPI; the shape of ``size`` (the file's ``(width, height)``)
+        or of ``image``."""
+        width, height = size or image.size
         meta: dict[str, Any] = {"mode": image.mode, "format": image.format}
         dpi = _file_dpi(image.info)
         if dpi is not None:
             meta["dpi"] = dpi
         return Geometry(spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0),
                         source_format=PILLOW_FORMATS[path.suffix.lower()].lower(),
-                        shape=(image.height, image.width), meta=meta)
+                        shape=(height, width), meta=meta)
