@@ -296,8 +296,10 @@ def test_cubic_low_resolution_in_2d_only() -> None:
     ("data", "key", "allowed"),
     [
         ({"noise": {"p": 1.5}}, "augmentation.noise.p", r"\[0.0, 1.0\]"),
-        ({"nosie": {"p": 0.5}}, "augmentation.nosie", "allowed keys: mirror, rot90"),
-        ({"gamma": {"gama": [1, 2]}}, "augmentation.gamma.gama", "allowed keys: enabled, p, p_invert"),
+        ({"nosie": {"p": 0.5}}, "augmentation.nosie", r"did you mean 'augmentation\.noise'\?"),
+        ({"gamma": {"gama": [1, 2]}}, "augmentation.gamma.gama", r"did you mean 'augmentation\.gamma\.gamma"),
+        ({"gamma": {"zzz": 1}}, "augmentation.gamma.zzz", "under 'augmentation.gamma': enabled, p, p_invert"),
+        ({"zzz": 1}, "augmentation.zzz", "valid keys under 'augmentation': mirror, rot90"),
         ({"image_padding": "reflect"}, "augmentation.image_padding", "zeros, border"),
         ({"low_resolution": {"upsample": "area"}}, "augmentation.low_resolution.upsample", "linear, cubic"),
         ({"scale": {"factor": [1.4, 0.7]}}, "augmentation.scale.factor", "above high"),
