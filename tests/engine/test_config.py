@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from helpers import tiny_config
 from medseg import create_model, model_info
+from medseg.data.datasets import load_dataset
+from medseg.data.synthetic import write_polyp_dataset
 from medseg.engine import config as config_module
 from medseg.engine.config import (
     ConfigError,
@@ -21,6 +25,7 @@ from medseg.engine.config import (
     load_config,
     save_config,
 )
+from medseg.engine.trainer import train
 from medseg.errors import MedsegError
 from medseg.losses import build_loss
 
@@ -276,3 +281,32 @@ def test_m2snet_preset_is_the_official_recipe() -> None:
     assert not config.augmentation.scale.enabled and not config.augmentation.gamma.enabled
     assert config.data.root.endswith("shared/data/kvasir-seg")
     assert {"dice", "iou"} <= set(config.train.val_metrics)
+
+
+def test_data_layout_requires_that_layout(tmp_path: Path) -> None:
+    paired = write_polyp_dataset(tmp_path / "paired", n_cases=2, size=(16, 16))
+    assert load_dataset(paired, layout="paired").case_ids == load_dataset(paired).case_ids
+    with pytest.raises(ConfigError, match=rf"^data\.layout: 'decathlon', but {re.escape(str(paired))} is a "
+                                          r"paired folder$"):
+        load_dataset(paired, layout="decathlon")
+    listed = tmp_path / "cases.csv"
+    listed.write_text("image,label\npaired/images/case_000.png,paired/masks/case_000.png\n")
+    assert load_dataset(listed, layout="list").layout == "list"
+    with pytest.raises(ConfigError, match=r"^data\.layout: 'paired', but .*cases\.csv is a CSV/JSON list$"):
+        load_dataset(listed, layout="paired")
+    decathlon = tmp_path / "task"
+    (decathlon / "imagesTr").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"^data\.layout: 'list', but .*task is a Decathlon / nnU-Net "):
+        load_dataset(decathlon, layout="list")
+    with pytest.raises(MedsegError, match=r"^data\.layout must be one of auto, paired, decathlon, list"):
+        load_dataset(paired, layout="flat")
+    with pytest.raises(ConfigError, match=r"^data\.layout: 'flat' is not one of auto, paired, decathlon"):
+        load_config(None, ["data.layout=flat"])
+
+
+def test_training_checks_data_layout_before_anything_is_written(tmp_path: Path) -> None:
+    data = tiny_config(tmp_path)
+    data["data"]["layout"] = "decathlon"
+    with pytest.raises(ConfigError, match=r"^data\.layout: 'decathlon', but .*data is a paired folder$"):
+        train(config_from_dict(data), progress=False)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

@@ -77,6 +77,7 @@ class DataConfig:
     ``foreground_fraction`` of each batch is centred on foreground (nnU-Net's oversampling).
     ``channels_suffix``: whether ``{case}_{XXXX}`` files are channels of one case (nnU-Net's rule); None
     applies it in the Decathlon / nnU-Net layout only, so ``x_0000.jpg`` in a paired folder is one case.
+    ``layout`` other than ``auto`` requires ``root`` to be of that layout (checked when the data is loaded).
     """
 
     root: str | None = None
