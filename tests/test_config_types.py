@@ -16,6 +16,7 @@ from medseg.config_types import (
     config_to_dict,
     dataclass_from_dict,
     did_you_mean,
+    with_overrides,
 )
 from medseg.errors import MedsegError
 
@@ -136,3 +137,12 @@ def test_config_errors_are_medseg_errors_and_did_you_mean() -> None:
     assert issubclass(ConfigError, MedsegError)
     assert did_you_mean("epoch", ["epochs", "seed"], "train.") == "; did you mean 'train.epochs'?"
     assert did_you_mean("zzz", ["epochs"]) == ""
+
+
+def test_with_overrides_sets_dotted_keys_in_a_copy() -> None:
+    data = {"turn": {"p": 0.1}, "items": [{"name": "a"}]}
+    merged = with_overrides(data, [("turn.mode", "far"), ("options.a.b", 1), ("turn.p", 0.2)])
+    assert merged == {"turn": {"p": 0.2, "mode": "far"}, "items": [{"name": "a"}], "options": {"a": {"b": 1}}}
+    assert data == {"turn": {"p": 0.1}, "items": [{"name": "a"}]} and merged["items"] is not data["items"]
+    with pytest.raises(ConfigError, match=r"^override turn\.p\.x: turn\.p is 0\.1, not a section$"):
+        with_overrides(data, [("turn.p.x", 1)])

@@ -12,7 +12,8 @@ declared as ``NamedTuple`` (such as :class:`Range`) and numeric bounds from fiel
 
 Errors are one-line :class:`ConfigError` messages naming the full dotted key
 (``augmentation.rotation.degrees``), the expected type or the allowed values, and for unknown keys the
-closest valid ones. :func:`config_to_dict` is the inverse: plain dicts, lists and scalars.
+closest valid ones. :func:`config_to_dict` is the inverse: plain dicts, lists and scalars;
+:func:`with_overrides` sets dotted keys (``train.epochs``) in such plain data.
 
 This module is a leaf: it imports the standard library and :mod:`medseg.errors` only.
 """
@@ -22,13 +23,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import types
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple, Union, get_args, get_origin, get_type_hints
 
 from medseg.errors import MedsegError
 
 __all__ = ["ConfigError", "Range", "bounded", "check_config", "config_to_dict", "dataclass_from_dict",
-           "did_you_mean", "plain"]
+           "did_you_mean", "plain", "with_overrides"]
 
 
 class ConfigError(MedsegError):
@@ -279,6 +280,36 @@ def check_config(config: Any, key: str = "") -> None:
     """Check a config dataclass built in code (not read by :func:`dataclass_from_dict`) as if it had been
     read: every type, choice, bound and ``check``; :class:`ConfigError` names the key."""
     dataclass_from_dict(type(config), config_to_dict(config), key)
+
+
+# ------------------------------------------------------------------------------------------ overrides
+
+
+def with_overrides(data: Mapping[str, Any], overrides: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """A copy of ``data`` (mappings and lists copied) with each ``(dotted key, value)`` of ``overrides`` set,
+    in order, creating missing sections; a key below a value that is not a section is a ConfigError."""
+    result = _copy(data)
+    for dotted, value in overrides:
+        parts = dotted.split(".")
+        node = result
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {dotted}: {'.'.join(parts[:depth + 1])} is {child!r}, not a "
+                                  "section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
 
 
 # ------------------------------------------------------------------------------------------ plain data

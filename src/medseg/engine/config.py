@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
-from medseg.config_types import ConfigError, bounded, config_to_dict, dataclass_from_dict
+from medseg.config_types import ConfigError, bounded, config_to_dict, dataclass_from_dict, with_overrides
 from medseg.data.augment import AugmentationConfig
 from medseg.data.preprocess import parse_label_mapping
 from medseg.engine.schedules import ScheduleConfig, lr_factor_function, register_schedule, schedule_names
@@ -398,43 +398,21 @@ class RunConfig:
 # --------------------------------------------------------------------------------- YAML and overrides
 
 
-def _set_nested(data: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = data
-    for depth, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted}: {'.'.join(parts[:depth + 1])} is {child!r}, not a section")
-        node = child
-    node[parts[-1]] = value
+def _parse_override(override: str) -> tuple[str, Any]:
+    dotted, sep, text = override.partition("=")
+    dotted = dotted.strip()
+    if not sep or not dotted or any(not p for p in dotted.split(".")):
+        raise ConfigError(f"override {override!r}: expected key.sub=value")
+    try:
+        return dotted, yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({_one_line(exc)})") from None
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """A copy of ``data`` with ``key.sub=value`` overrides; values are YAML (``5``, ``1e-3``, ``[64,64]``,
     ``null``, ``true``, ``{a: 1}``)."""
-    result = _deep_copy(data)
-    for override in overrides:
-        dotted, sep, text = override.partition("=")
-        dotted = dotted.strip()
-        if not sep or not dotted or any(not p for p in dotted.split(".")):
-            raise ConfigError(f"override {override!r}: expected key.sub=value")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {override!r}: the value is not valid YAML "
-                              f"({_one_line(exc)})") from None
-        _set_nested(result, dotted, value)
-    return result
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value
+    return with_overrides(data, (_parse_override(override) for override in overrides))
 
 
 def _one_line(exc: BaseException) -> str:
