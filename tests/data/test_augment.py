@@ -296,8 +296,10 @@ def test_cubic_low_resolution_in_2d_only() -> None:
     ("data", "key", "allowed"),
     [
         ({"noise": {"p": 1.5}}, "augmentation.noise.p", r"\[0.0, 1.0\]"),
-        ({"nosie": {"p": 0.5}}, "augmentation.nosie", "allowed keys: mirror, rot90"),
-        ({"gamma": {"gama": [1, 2]}}, "augmentation.gamma.gama", "allowed keys: enabled, p, p_invert"),
+        ({"nosie": {"p": 0.5}}, "augmentation.nosie", r"did you mean 'augmentation\.noise'\?"),
+        ({"gamma": {"gama": [1, 2]}}, "augmentation.gamma.gama", r"did you mean 'augmentation\.gamma\.gamma"),
+        ({"gamma": {"zzz": 1}}, "augmentation.gamma.zzz", "under 'augmentation.gamma': enabled, p, p_invert"),
+        ({"zzz": 1}, "augmentation.zzz", "valid keys under 'augmentation': mirror, rot90"),
         ({"image_padding": "reflect"}, "augmentation.image_padding", "zeros, border"),
         ({"low_resolution": {"upsample": "area"}}, "augmentation.low_resolution.upsample", "linear, cubic"),
         ({"scale": {"factor": [1.4, 0.7]}}, "augmentation.scale.factor", "above high"),
@@ -347,3 +349,39 @@ def test_runs_on_cuda_reproducibly(dims: int) -> None:
     assert first[0].is_cuda and first[1].is_cuda
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     assert set(first[1].unique().tolist()) <= {0, 3, 7}
+
+
+def test_every_accepted_form_of_a_section() -> None:
+    config = AugmentationConfig.from_dict({
+        "mirror": True, "rot90": {"p": 0.3}, "noise": None, "blur": False, "elastic": {"enabled": True},
+        "rotation": {"degrees": [-10, 10]}, "scale": {"factor": [1, 2]}, "low_resolution": {"zoom": [0.5, 1]},
+        "label_padding": 255,
+    })
+    assert config.mirror == AugmentationConfig().mirror and config.noise == AugmentationConfig().noise
+    assert config.rot90.p == 0.3 and not config.rot90.enabled  # a p-only mapping keeps the other defaults
+    assert not config.blur.enabled and config.elastic.enabled and config.label_padding == 255
+    degrees = config.rotation.degrees
+    assert degrees == (-10.0, 10.0) and all(isinstance(d, float) for d in degrees)
+    assert config.scale.factor == (1.0, 2.0) and config.low_resolution.zoom == (0.5, 1.0)
+    assert AugmentationConfig.from_dict(None) == AugmentationConfig()
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"rotation": {"degrees": [[0, 1], [5, -5], [0, 0]]}}, r"^augmentation\.rotation\.degrees: low 5\.0 is "),
+    ({"rotation": {"degrees": 30}}, r"^augmentation\.rotation\.degrees: expected a range \[low, high\] or "),
+    ({"mirror": {"axes": 0}}, r"^augmentation\.mirror\.axes: expected a list"),
+    ({"noise": 0.5}, r"^augmentation\.noise: expected a mapping, got 0\.5$"),
+    ({"gamma": {"p_invert": -0.1}}, r"^augmentation\.gamma\.p_invert: -0\.1 is outside the allowed interval"),
+])
+def test_more_config_errors_name_the_full_key(data: dict, message: str) -> None:
+    with pytest.raises(MedsegError, match=message):
+        AugmentationConfig.from_dict(data)
+
+
+def test_a_config_built_in_code_is_checked_by_the_augmenter() -> None:
+    from medseg.data.augment import NoiseConfig, ScaleConfig
+
+    with pytest.raises(MedsegError, match=r"^augmentation\.noise\.p: 2\.0 is outside the allowed interval"):
+        BatchAugmenter(AugmentationConfig(noise=NoiseConfig(p=2.0)), 2)
+    with pytest.raises(MedsegError, match=r"^augmentation\.scale\.factor: low 2\.0 is above high 1\.0$"):
+        BatchAugmenter(AugmentationConfig(scale=ScaleConfig(factor=(2.0, 1.0))), 2)

@@ -24,44 +24,49 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
+from medseg.config_types import Range, bounded, check_config, config_to_dict, dataclass_from_dict
 from medseg.errors import MedsegError
 
 logger = logging.getLogger(__name__)
 
-Range = tuple[float, float]
 ImageAndLabel = tuple[torch.Tensor, torch.Tensor | None]
-
-_NO_LIMITS: tuple[float, float] = (-math.inf, math.inf)
 
 
 # --------------------------------------------------------------------------------------------- config
+#
+# The sections are read by the shared converter (medseg.config_types): ranges are ``Range`` values (a list
+# [low, high] with low <= high), the bounds of a field give its allowed interval, string choices are
+# ``Literal`` types, and ``name: true`` / ``name: false`` enables or disables a transform with its defaults.
+
+
+def _probability(default: float) -> Any:
+    return bounded(default, ge=0.0, le=1.0)
 
 
 @dataclass(frozen=True)
 class TransformConfig:
-    """Common switches of a random transform: ``enabled`` and the per-sample probability ``p``.
-
-    ``LIMITS`` gives the allowed interval of each numeric field (both ends of a range), ``CHOICES`` the
-    allowed values of each string field.
-    """
-
-    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {}
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
+    """Common switches of a random transform: ``enabled`` and the per-sample probability ``p``; in a
+    config ``true`` or ``false`` alone stands for ``{enabled: ...}`` (the other settings at defaults)."""
 
     enabled: bool = True
-    p: float = 0.2
+    p: float = _probability(0.2)
+
+    @classmethod
+    def config_shorthand(cls, value: Any) -> Any:
+        """``true`` / ``false`` -> ``{enabled: value}``; other values unchanged (the converter's hook)."""
+        return {"enabled": value} if isinstance(value, bool) else value
 
 
 @dataclass(frozen=True)
 class MirrorConfig(TransformConfig):
     """Flip each spatial axis (``axes`` in array order, None: all) with probability ``p`` per sample."""
 
-    p: float = 0.5
+    p: float = _probability(0.5)
     axes: tuple[int, ...] | None = None
 
 
@@ -71,7 +76,7 @@ class Rot90Config(TransformConfig):
     nnU-Net's defaults, hence off)."""
 
     enabled: bool = False
-    p: float = 0.5
+    p: float = _probability(0.5)
 
 
 @dataclass(frozen=True)
@@ -80,18 +85,14 @@ class RotationConfig(TransformConfig):
     one range per rotation axis (3D: about array axes 0, 1, 2; 2D: one). None: nnU-Net's default for
     the dimensionality, ±180° in 2D and ±30° about each axis in 3D."""
 
-    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {"degrees": (-360.0, 360.0)}
-
-    degrees: Range | tuple[Range, ...] | None = None
+    degrees: Range | tuple[Range, ...] | None = bounded(None, ge=-360.0, le=360.0)
 
 
 @dataclass(frozen=True)
 class ScaleConfig(TransformConfig):
     """Zoom of the content by ``factor`` (> 1 enlarges), one factor for all axes or one per axis."""
 
-    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {"factor": (0.05, 20.0)}
-
-    factor: Range = (0.7, 1.4)
+    factor: Range = bounded(Range(0.7, 1.4), ge=0.05, le=20.0)
     per_axis: bool = False
 
 
@@ -99,10 +100,8 @@ class ScaleConfig(TransformConfig):
 class ShearConfig(TransformConfig):
     """Shear with a coefficient per pair of axes drawn from ``factor`` (not in nnU-Net's defaults)."""
 
-    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {"factor": (-1.0, 1.0)}
-
     enabled: bool = False
-    factor: Range = (-0.1, 0.1)
+    factor: Range = bounded(Range(-0.1, 0.1), ge=-1.0, le=1.0)
 
 
 @dataclass(frozen=True)
@@ -110,11 +109,9 @@ class ElasticConfig(TransformConfig):
     """Smooth random displacement: noise on a ``control_points``-per-axis grid, upsampled linearly and
     scaled so that its largest displacement is ``magnitude`` (drawn per sample) of the patch extent."""
 
-    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {"magnitude": (0.0, 0.5), "control_points": (2, 64)}
-
     enabled: bool = False
-    magnitude: Range = (0.0, 0.05)
-    control_points: int = 5
+    magnitude: Range = bounded(Range(0.0, 0.05), ge=0.0, le=0.5)
+    control_points: int = bounded(5, ge=2, le=64)
 
 
 @dataclass(frozen=True)
@@ -122,29 +119,23 @@ class NoiseConfig(TransformConfig):
     """Additive Gaussian noise whose standard deviation is drawn per sample from ``std`` (nnU-Net names the
     interval ``noise_variance`` but uses the drawn value as the standard deviation)."""
 
-    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {"std": (0.0, math.inf)}
-
-    p: float = 0.1
-    std: Range = (0.0, 0.1)
+    p: float = _probability(0.1)
+    std: Range = bounded(Range(0.0, 0.1), ge=0.0)
 
 
 @dataclass(frozen=True)
 class BlurConfig(TransformConfig):
     """Gaussian blur (separable), ``sigma`` in voxels drawn per sample, channel and axis."""
 
-    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {"sigma": (0.0, 20.0)}
-
-    sigma: Range = (0.5, 1.0)
+    sigma: Range = bounded(Range(0.5, 1.0), ge=0.0, le=20.0)
 
 
 @dataclass(frozen=True)
 class BrightnessConfig(TransformConfig):
     """Multiplication of the intensities by a factor drawn per sample and channel."""
 
-    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {"factor": (0.0, math.inf)}
-
-    p: float = 0.15
-    factor: Range = (0.75, 1.25)
+    p: float = _probability(0.15)
+    factor: Range = bounded(Range(0.75, 1.25), ge=0.0)
 
 
 @dataclass(frozen=True)
@@ -152,10 +143,8 @@ class ContrastConfig(TransformConfig):
     """Scaling of the intensities around their mean by a factor per sample and channel (nnU-Net: half the
     draws below 1, half above); ``preserve_range`` clips to the original minimum and maximum."""
 
-    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {"factor": (0.0, math.inf)}
-
-    p: float = 0.15
-    factor: Range = (0.75, 1.25)
+    p: float = _probability(0.15)
+    factor: Range = bounded(Range(0.75, 1.25), ge=0.0)
     preserve_range: bool = True
 
 
@@ -163,12 +152,9 @@ class ContrastConfig(TransformConfig):
 class LowResolutionConfig(TransformConfig):
     """Downsampling by ``zoom`` (nearest) and upsampling back (linear, or cubic in 2D)."""
 
-    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {"zoom": (0.05, 1.0)}
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"upsample": ("linear", "cubic")}
-
-    p: float = 0.25
-    zoom: Range = (0.5, 1.0)
-    upsample: str = "linear"
+    p: float = _probability(0.25)
+    zoom: Range = bounded(Range(0.5, 1.0), ge=0.05, le=1.0)
+    upsample: Literal["linear", "cubic"] = "linear"
 
 
 @dataclass(frozen=True)
@@ -179,11 +165,9 @@ class GammaConfig(TransformConfig):
     on the image with probability ``p``; ``retain_stats`` restores the mean and standard deviation.
     """
 
-    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {"gamma": (0.01, 100.0)}
-
-    p: float = 0.3
-    p_invert: float = 0.1
-    gamma: Range = (0.7, 1.5)
+    p: float = _probability(0.3)
+    p_invert: float = _probability(0.1)
+    gamma: Range = bounded(Range(0.7, 1.5), ge=0.01, le=100.0)
     retain_stats: bool = True
 
 
@@ -194,9 +178,6 @@ class AugmentationConfig:
     ``image_padding`` fills the image outside the field of view after a spatial transform ("zeros" or
     "border"); ``label_padding`` is the label value used there (0, or an ignore value).
     """
-
-    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {}
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"image_padding": ("zeros", "border")}
 
     mirror: MirrorConfig = field(default_factory=MirrorConfig)
     rot90: Rot90Config = field(default_factory=Rot90Config)
@@ -210,134 +191,24 @@ class AugmentationConfig:
     contrast: ContrastConfig = field(default_factory=ContrastConfig)
     low_resolution: LowResolutionConfig = field(default_factory=LowResolutionConfig)
     gamma: GammaConfig = field(default_factory=GammaConfig)
-    image_padding: str = "zeros"
+    image_padding: Literal["zeros", "border"] = "zeros"
     label_padding: int = 0
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], key: str = "augmentation") -> AugmentationConfig:
+    def from_dict(cls, data: Mapping[str, Any] | None, key: str = "augmentation") -> AugmentationConfig:
         """Build from a (YAML) mapping; missing keys keep their defaults, ``name: false`` disables a
-        transform. Raises MedsegError naming the key and the allowed values."""
-        config = _parse_dataclass(cls, data, key)
-        validate_config(config, key)
-        return config
+        transform. Raises :class:`~medseg.config_types.ConfigError` naming the key and the allowed values."""
+        return dataclass_from_dict(cls, data, key)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain mapping (lists, not tuples) that ``yaml.safe_dump`` writes and ``from_dict`` reads."""
-        return _plain(dataclasses.asdict(self))
+        return config_to_dict(self)
 
     @classmethod
     def disabled(cls) -> AugmentationConfig:
         """Every transform switched off (the augmenter returns its inputs unchanged)."""
         transforms = [f.name for f in dataclasses.fields(cls) if f.type.endswith("Config")]
         return cls.from_dict({name: False for name in transforms})
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _scalar_parser(types: tuple[type, ...], expected: str) -> Callable[[Any, str], Any]:
-    """A parser accepting instances of ``types`` only (a YAML boolean is not a number); ints become floats
-    where floats are expected."""
-
-    def parse(value: Any, key: str) -> Any:
-        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
-            raise MedsegError(f"{key}: expected {expected}, got {value!r}")
-        return float(value) if float in types else value
-
-    return parse
-
-
-_as_bool = _scalar_parser((bool,), "true or false")
-_as_float = _scalar_parser((int, float), "a number")
-_as_int = _scalar_parser((int,), "an integer")
-_as_str = _scalar_parser((str,), "a string")
-
-
-def _as_range(value: Any, key: str) -> Range:
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise MedsegError(f"{key}: expected a range [low, high], got {value!r}")
-    return (_as_float(value[0], key), _as_float(value[1], key))
-
-
-def _as_axes(value: Any, key: str) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, (list, tuple)):
-        raise MedsegError(f"{key}: expected a list of spatial axes (0, 1[, 2]) or null, got {value!r}")
-    return tuple(_as_int(v, key) for v in value)
-
-
-def _as_degrees(value: Any, key: str) -> Range | tuple[Range, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (list, tuple)) for v in value):
-        return tuple(_as_range(v, key) for v in value)
-    return _as_range(value, key)
-
-
-_PARSERS: dict[str, Callable[[Any, str], Any]] = {
-    "bool": _as_bool,
-    "float": _as_float,
-    "int": _as_int,
-    "str": _as_str,
-    "Range": _as_range,
-    "tuple[int, ...] | None": _as_axes,
-    "Range | tuple[Range, ...] | None": _as_degrees,
-}
-
-
-def _parse_dataclass(cls: type, data: Any, key: str) -> Any:
-    """Type-check and convert a mapping into the (nested) config dataclass ``cls``."""
-    if isinstance(data, bool) and issubclass(cls, TransformConfig):
-        data = {"enabled": data}
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise MedsegError(f"{key}: expected a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values = {}
-    for name, value in data.items():
-        if name not in fields:
-            raise MedsegError(f"{key}.{name}: unknown key; allowed keys: {', '.join(fields)}")
-        type_name = fields[name].type
-        if type_name.endswith("Config"):
-            values[name] = _parse_dataclass(fields[name].default_factory, value, f"{key}.{name}")
-        else:
-            values[name] = _PARSERS[type_name](value, f"{key}.{name}")
-    return cls(**values)
-
-
-def _check_interval(value: float, limits: tuple[float, float], key: str) -> None:
-    low, high = limits
-    if not low <= value <= high:
-        raise MedsegError(f"{key}: {value} is outside the allowed interval [{low}, {high}]")
-
-
-def validate_config(config: Any, key: str = "augmentation") -> None:
-    """Check probabilities, ranges, limits and choices of a (nested) config; MedsegError names the key."""
-    for f in dataclasses.fields(config):
-        value, sub = getattr(config, f.name), f"{key}.{f.name}"
-        if dataclasses.is_dataclass(value):
-            validate_config(value, sub)
-            continue
-        limits = config.LIMITS.get(f.name, _NO_LIMITS)
-        if f.name == "p" or f.name.startswith("p_"):
-            _check_interval(value, (0.0, 1.0), sub)
-        elif f.name in config.CHOICES and value not in config.CHOICES[f.name]:
-            raise MedsegError(f"{sub}: {value!r} is not one of {', '.join(config.CHOICES[f.name])}")
-        elif f.type in ("Range", "Range | tuple[Range, ...] | None") and value is not None:
-            for low, high in value if isinstance(value[0], tuple) else (value,):
-                if low > high:
-                    raise MedsegError(f"{sub}: low {low} is above high {high}")
-                _check_interval(low, limits, sub)
-                _check_interval(high, limits, sub)
-        elif f.type == "int":
-            _check_interval(value, limits, sub)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -458,7 +329,7 @@ class BatchAugmenter:
         self.config = config if config is not None else AugmentationConfig()
         self.spatial_dims = spatial_dims
         self.seed = seed
-        validate_config(self.config)
+        check_config(self.config, "augmentation")
         self._check_dimensionality()
         self._generator = torch.Generator().manual_seed(seed)
         self._field_generators: dict[torch.device, torch.Generator] = {}

@@ -40,10 +40,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from medseg.config_types import ConfigError
 from medseg.data.geometry import DataError
 from medseg.data.io import case_id as file_case_id
 from medseg.data.io import image_extension, strip_extension
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, check_choice
 from medseg.fileio import write_text_atomically
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ logger = logging.getLogger(__name__)
 PAIRED = "paired"
 DECATHLON = "decathlon"
 LIST = "list"
+
+_LAYOUT_NAMES = {PAIRED: "a paired folder", DECATHLON: "a Decathlon / nnU-Net data set",
+                 LIST: "a CSV/JSON list"}
 
 IMAGE_FOLDERS = ("images", "image", "imgs")
 MASK_FOLDERS = ("masks", "mask", "labels", "label", "gt", "ground_truth", "groundtruth")
@@ -130,7 +134,7 @@ class Dataset:
 # ----------------------------------------------------------------------------------------------------
 
 def load_dataset(path: str | Path, strict: bool = True, channels_suffix: bool | None = None,
-                 allow_outside_root: bool = False) -> Dataset:
+                 allow_outside_root: bool = False, layout: str = "auto") -> Dataset:
     """Find the cases of the data set at ``path`` (a folder or a CSV/JSON list), detecting its layout.
 
     Args:
@@ -141,11 +145,19 @@ def load_dataset(path: str | Path, strict: bool = True, channels_suffix: bool | 
             in the Decathlon / nnU-Net layout only, ``True`` in a paired folder too, ``False`` never.
         allow_outside_root: let a CSV/JSON list name files outside its own folder (``../``, absolute
             paths); refused by default, so a list cannot make the run read files elsewhere.
+        layout: ``"auto"`` (detect it) or the layout the data set must have (``data.layout``):
+            ``"paired"``, ``"decathlon"`` or ``"list"``.
 
     Raises:
         DataError: a missing or empty path, an unknown layout, an unreadable list or ``dataset.json``,
             two masks for one image, duplicate case ids, missing channels, or no case at all.
+        ConfigError: ``path`` is not of the required ``layout``.
     """
+    if layout != "auto":
+        check_choice("data.layout", layout, ("auto", *_LAYOUT_NAMES))
+        found = detect_layout(path)
+        if found != layout:
+            raise ConfigError(f"data.layout: {layout!r}, but {path} is {_LAYOUT_NAMES[found]}")
     dataset, errors = scan_dataset(path, channels_suffix, allow_outside_root)
     if errors:
         raise problems_error(dataset.root, errors, "problems")

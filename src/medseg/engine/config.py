@@ -1,37 +1,33 @@
-"""Typed run configuration: nested dataclasses read from YAML, with ``key.sub=value`` overrides.
+"""Typed run configuration: the sections of a run, read from YAML, with ``key.sub=value`` overrides.
 
-One generic converter (:func:`dataclass_from_dict`) turns a mapping into any config dataclass by its type
-hints (nested dataclasses, ``X | None``, lists, tuples, dicts, ``Literal`` choices, numeric bounds from
-field metadata), so every section is declared once, as data. Errors are one-line
-:class:`ConfigError` messages naming the full key (``train.epochs``), the expected type or the allowed
-values, and for unknown keys the closest valid ones.
+Every section is a dataclass declared once, as data; the shared converter of :mod:`medseg.config_types`
+(:func:`dataclass_from_dict`) reads it by its type hints and reports one-line :class:`ConfigError`
+messages naming the full key (``train.epochs``), the expected type or the allowed values, and for
+unknown keys the closest valid ones.
 
 The defaults follow nnU-Net (Isensee et al., Nature Methods 2021): Dice + CE, SGD with Nesterov momentum
 0.99, poly learning-rate decay with power 0.9, 250 iterations per epoch, gradient clipping at 12,
 foreground oversampling of a third of the batch, sliding-window inference with step 0.5 and Gaussian
 weighting (sigma = 1/8 of the patch) and mirroring test-time augmentation.
 
-The learning-rate schedules live in a registry of *factor functions* (step -> multiplier of each
-parameter group's initial rate, for ``torch.optim.lr_scheduler.LambdaLR``); new schedules register with
-:func:`register_schedule` and become valid values of ``schedule.name``.
+The ``schedule`` section and the learning-rate schedules live in :mod:`medseg.engine.schedules` (re-exported
+here), the ``augmentation`` section in :mod:`medseg.data.augment`.
 """
 
 from __future__ import annotations
 
-import bisect
-import dataclasses
-import difflib
 import math
-import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 import yaml
 
+from medseg.config_types import ConfigError, bounded, config_to_dict, dataclass_from_dict, with_overrides
 from medseg.data.augment import AugmentationConfig
 from medseg.data.preprocess import parse_label_mapping
+from medseg.engine.schedules import ScheduleConfig, lr_factor_function, register_schedule, schedule_names
 from medseg.errors import MedsegError
 from medseg.fileio import write_text_atomically
 
@@ -43,11 +39,6 @@ __all__ = [
     "save_config", "schedule_names",
 ]
 
-
-class ConfigError(MedsegError):
-    """A configuration that does not validate (the message names the key)."""
-
-
 LabelMode = Literal["binary", "multiclass", "multilabel"]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -55,13 +46,6 @@ VAL_METRICS = ("dice", "iou", "precision", "recall", "fpr", "fnr", "hd", "hd95",
 """Validation metrics a run may compute (Dice by default; the distances are opt-in: they cost more)."""
 LOWER_IS_BETTER = frozenset({"fpr", "fnr", "hd", "hd95", "asd", "assd"})
 ValMetric = Literal[VAL_METRICS]  # type: ignore[valid-type]
-
-
-def _bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-             lt: float | None = None) -> Any:
-    """A dataclass field with numeric bounds (checked on every number of the value, None skipped)."""
-    bounds = {"ge": ge, "gt": gt, "le": le, "lt": lt}
-    return field(default=default, metadata={"bounds": {k: v for k, v in bounds.items() if v is not None}})
 
 
 # ------------------------------------------------------------------------------------------ sections
@@ -73,8 +57,8 @@ class SyntheticDataConfig:
     (skipped when it is already there): ``polyp`` (2D RGB PNG pairs) or ``lesion`` (3D NIfTI)."""
 
     kind: Literal["polyp", "lesion"] = "polyp"
-    n_cases: int = _bounded(200, ge=1)
-    size: tuple[int, ...] = _bounded((256, 256), ge=8)
+    n_cases: int = bounded(200, ge=1)
+    size: tuple[int, ...] = bounded((256, 256), ge=8)
     seed: int = 0
 
 
@@ -93,6 +77,7 @@ class DataConfig:
     ``foreground_fraction`` of each batch is centred on foreground (nnU-Net's oversampling).
     ``channels_suffix``: whether ``{case}_{XXXX}`` files are channels of one case (nnU-Net's rule); None
     applies it in the Decathlon / nnU-Net layout only, so ``x_0000.jpg`` in a paired folder is one case.
+    ``layout`` other than ``auto`` requires ``root`` to be of that layout (checked when the data is loaded).
     """
 
     root: str | None = None
@@ -100,23 +85,23 @@ class DataConfig:
     channels_suffix: bool | None = None
     allow_outside_root: bool = False
     synthetic: SyntheticDataConfig | None = None
-    patch_size: tuple[int, ...] | None = _bounded(None, ge=1)
-    resize: tuple[int, ...] | None = _bounded(None, ge=1)
-    spacing: tuple[float, ...] | None = _bounded(None, gt=0)
+    patch_size: tuple[int, ...] | None = bounded(None, ge=1)
+    resize: tuple[int, ...] | None = bounded(None, ge=1)
+    spacing: tuple[float, ...] | None = bounded(None, gt=0)
     crop_nonzero: bool = False
     normalization: Literal["auto", "ct", "zscore", "rgb", "none"] = "auto"
     label_mode: LabelMode = "binary"
-    num_classes: int | None = _bounded(None, ge=1)
+    num_classes: int | None = bounded(None, ge=1)
     class_names: list[str] | None = None
     label_mapping: dict[Any, Any] | None = None
-    val_fraction: float = _bounded(0.2, gt=0, lt=1)
-    fold: int | None = _bounded(None, ge=0)
-    folds: int = _bounded(5, ge=2)
+    val_fraction: float = bounded(0.2, gt=0, lt=1)
+    fold: int | None = bounded(None, ge=0)
+    folds: int = bounded(5, ge=2)
     splits_file: str | None = None
     cache_dir: str | None = None
-    foreground_fraction: float = _bounded(0.33, ge=0, le=1)
-    batch_size: int = _bounded(2, ge=1)
-    num_workers: int = _bounded(2, ge=0)
+    foreground_fraction: float = bounded(0.33, ge=0, le=1)
+    batch_size: int = bounded(2, ge=1)
+    num_workers: int = bounded(2, ge=0)
 
     def check(self, key: str) -> None:
         if self.fold is not None and self.fold >= self.folds:
@@ -161,8 +146,8 @@ class ModelConfig:
     count) and logs them."""
 
     name: str = "unet"
-    in_channels: int | None = _bounded(None, ge=1)
-    num_classes: int | None = _bounded(None, ge=1)
+    in_channels: int | None = bounded(None, ge=1)
+    num_classes: int | None = bounded(None, ge=1)
     spatial_dims: Literal[2, 3] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     encoder_weights: str | None = None
@@ -196,7 +181,7 @@ class LossConfig:
     options: dict[str, Any] = field(default_factory=dict)
     losses: list[dict[str, Any]] | None = None
     deep_supervision: bool = False
-    deep_supervision_weights: list[float] | None = _bounded(None, ge=0)
+    deep_supervision_weights: list[float] | None = bounded(None, ge=0)
     deep_supervision_resize: Literal["target", "output"] = "target"
 
     def check(self, key: str) -> None:
@@ -234,8 +219,8 @@ class ParamGroupConfig:
     weight decay; the first matching group wins, the rest use the optimiser's values."""
 
     match: str
-    lr: float | None = _bounded(None, ge=0)
-    weight_decay: float | None = _bounded(None, ge=0)
+    lr: float | None = bounded(None, ge=0)
+    weight_decay: float | None = bounded(None, ge=0)
 
 
 @dataclass
@@ -244,46 +229,13 @@ class OptimConfig:
     Defaults: nnU-Net's SGD (lr 0.01, momentum 0.99, Nesterov, weight decay 3e-5)."""
 
     name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = _bounded(0.01, gt=0)
-    weight_decay: float = _bounded(3e-5, ge=0)
-    momentum: float = _bounded(0.99, ge=0, lt=1)
+    lr: float = bounded(0.01, gt=0)
+    weight_decay: float = bounded(3e-5, ge=0)
+    momentum: float = bounded(0.99, ge=0, lt=1)
     nesterov: bool = True
-    betas: tuple[float, float] = _bounded((0.9, 0.999), ge=0, lt=1)
-    eps: float = _bounded(1e-8, gt=0)
+    betas: tuple[float, float] = bounded((0.9, 0.999), ge=0, lt=1)
+    eps: float = bounded(1e-8, gt=0)
     param_groups: list[ParamGroupConfig] = field(default_factory=list)
-
-
-@dataclass
-class ScheduleConfig:
-    """Learning-rate schedule, a factor of each group's initial rate per optimiser step (see
-    :func:`lr_factor_function`): ``poly`` ``(1 - t/T)^power`` (nnU-Net, power 0.9), ``cosine`` down to
-    ``min_lr_factor``, ``step`` (times ``gamma`` every ``step_size`` epochs), ``multistep`` (times
-    ``gamma`` at each of the ``milestones``, epochs of the run, see :func:`_multistep`), ``constant``,
-    ``triangular`` (M2SNet's rise and fall, see :func:`_triangular` for its options), or any
-    registered name (``options`` for its settings). A linear warm-up from ``warmup_start_factor`` over
-    ``warmup_epochs`` or ``warmup_iterations`` comes first."""
-
-    name: str = "poly"
-    power: float = _bounded(0.9, gt=0)
-    min_lr_factor: float = _bounded(0.0, ge=0, le=1)
-    step_size: float = _bounded(30.0, gt=0)
-    gamma: float = _bounded(0.1, gt=0)
-    milestones: list[float] | None = _bounded(None, gt=0)
-    warmup_epochs: float = _bounded(0.0, ge=0)
-    warmup_iterations: int = _bounded(0, ge=0)
-    warmup_start_factor: float = _bounded(0.1, ge=0, le=1)
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def check(self, key: str) -> None:
-        if self.name not in _SCHEDULES:
-            raise ConfigError(f"{key}.name: {self.name!r} is not one of {', '.join(schedule_names())}"
-                              f"{_did_you_mean(self.name, _SCHEDULES)}")
-        if self.warmup_epochs > 0 and self.warmup_iterations > 0:
-            raise ConfigError(f"{key}: give warmup_epochs or warmup_iterations, not both")
-        if self.milestones is not None and self.name != "multistep":
-            raise ConfigError(f"{key}.milestones: only the multistep schedule uses milestones ({key}.name is "
-                              f"{self.name!r})")
-        _SCHEDULES[self.name](self, 100, 10)  # builders check their options (ConfigError naming the key)
 
 
 MIN_SCALE_SIZE = 8
@@ -307,24 +259,24 @@ class TrainConfig:
     keep a checkpoint every that many epochs (``epoch_0010.pt``: the content of ``last.pt`` then, training
     state included, so it can be copied to ``last.pt`` to resume from there)."""
 
-    epochs: int = _bounded(100, ge=1)
-    iterations: int | None = _bounded(None, ge=1)
-    iterations_per_epoch: int | None = _bounded(250, ge=1)
-    val_every: int = _bounded(1, ge=1)
+    epochs: int = bounded(100, ge=1)
+    iterations: int | None = bounded(None, ge=1)
+    iterations_per_epoch: int | None = bounded(250, ge=1)
+    val_every: int = bounded(1, ge=1)
     val_metrics: list[ValMetric] = field(default_factory=lambda: ["dice"])
     best_metric: ValMetric = "dice"
-    early_stopping_patience: int | None = _bounded(None, ge=1)
-    max_minutes: float | None = _bounded(None, gt=0)
-    grad_clip: float | None = _bounded(12.0, gt=0)
-    grad_accumulation: int = _bounded(1, ge=1)
+    early_stopping_patience: int | None = bounded(None, ge=1)
+    max_minutes: float | None = bounded(None, gt=0)
+    grad_clip: float | None = bounded(12.0, gt=0)
+    grad_accumulation: int = bounded(1, ge=1)
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     compile: bool = False
-    seed: int = _bounded(0, ge=0)
+    seed: int = bounded(0, ge=0)
     device: Device = "auto"
-    ema_decay: float | None = _bounded(None, gt=0, lt=1)
-    multi_scale: list[int] | list[float] | None = _bounded(None, gt=0)  # ints first: YAML ints stay ints
-    save_every: int | None = _bounded(None, ge=1)
+    ema_decay: float | None = bounded(None, gt=0, lt=1)
+    multi_scale: list[int] | list[float] | None = bounded(None, gt=0)  # ints first: YAML ints stay ints
+    save_every: int | None = bounded(None, ge=1)
 
     def check(self, key: str) -> None:
         if self.multi_scale is not None:
@@ -364,10 +316,10 @@ class PostprocessConfig:
 
     largest_component: bool | tuple[int, ...] = False
     fill_holes: bool | tuple[int, ...] = False
-    fill_holes_axis: int | None = _bounded(None, ge=0, le=2)
-    min_component_voxels: int = _bounded(0, ge=0)
-    min_component_volume: float = _bounded(0.0, ge=0)
-    connectivity: int = _bounded(1, ge=1, le=3)
+    fill_holes_axis: int | None = bounded(None, ge=0, le=2)
+    min_component_voxels: int = bounded(0, ge=0)
+    min_component_volume: float = bounded(0.0, ge=0)
+    connectivity: int = bounded(1, ge=1, le=3)
 
 
 @dataclass
@@ -379,14 +331,14 @@ class InferenceConfig:
     multilabel ``threshold``; optional probability maps and 2D overlays."""
 
     mode: Literal["auto", "whole", "sliding_window"] = "auto"
-    patch_size: tuple[int, ...] | None = _bounded(None, ge=1)
-    step: float = _bounded(0.5, gt=0, le=1)
-    sigma_scale: float = _bounded(0.125, gt=0)
-    window_batch_size: int = _bounded(4, ge=1)
+    patch_size: tuple[int, ...] | None = bounded(None, ge=1)
+    step: float = bounded(0.5, gt=0, le=1)
+    sigma_scale: float = bounded(0.125, gt=0)
+    window_batch_size: int = bounded(4, ge=1)
     mirror: bool = True
-    mirror_axes: tuple[int, ...] | None = _bounded(None, ge=0, le=2)
+    mirror_axes: tuple[int, ...] | None = bounded(None, ge=0, le=2)
     accumulate_on: Literal["auto", "device", "cpu"] = "auto"
-    threshold: float = _bounded(0.5, ge=0, le=1)
+    threshold: float = bounded(0.5, ge=0, le=1)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     save_probabilities: bool = False
     overlays: bool = True
@@ -443,221 +395,24 @@ class RunConfig:
         return Path(self.run_dir) if self.run_dir is not None else Path("runs") / self.name
 
 
-# --------------------------------------------------------------------------------- the converter
-
-
-def _did_you_mean(name: str, valid: Sequence[str] | Mapping[str, Any], prefix: str = "") -> str:
-    close = difflib.get_close_matches(str(name), list(valid), n=3, cutoff=0.6)
-    return f"; did you mean {', '.join(repr(prefix + c) for c in close)}?" if close else ""
-
-
-def _join(key: str, name: str) -> str:
-    return f"{key}.{name}" if key else name
-
-
-_SCALAR_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-                 type(None): "null"}
-
-
-def _describe(tp: Any) -> str:
-    """The expected type in words: ``an integer``, ``a list of numbers or null``, ``one of a, b``."""
-    origin, args = get_origin(tp), get_args(tp)
-    if tp is Any:
-        return "any value"
-    if origin is Literal:
-        return "one of " + ", ".join(str(a) for a in args)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if origin in (list, tuple):
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
-        return f"a list (each {_describe(args[0])})" if args else "a list"
-    if origin is dict or dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return _SCALAR_NAMES.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _type_error(key: str, tp: Any, value: Any) -> ConfigError:
-    return ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
-
-
-def _convert_scalar(value: Any, tp: type, key: str) -> Any:
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is type(None):
-        if value is None:
-            return None
-    elif isinstance(value, tp):
-        return value
-    raise _type_error(key, tp, value)
-
-
-def _convert_union(value: Any, tp: Any, key: str) -> Any:
-    args = get_args(tp)
-    if value is None and type(None) in args:
-        return None
-    options = [a for a in args if a is not type(None)]
-    if len(options) == 1:  # keep the inner message (it may name an item) unless it is about this value
-        try:
-            return _convert(value, options[0], key)
-        except ConfigError as exc:
-            if str(exc).startswith(f"{key}: expected "):
-                raise _type_error(key, tp, value) from None
-            raise
-    for option in options:
-        try:
-            return _convert(value, option, key)
-        except ConfigError:
-            continue
-    raise _type_error(key, tp, value)
-
-
-def _convert_sequence(value: Any, tp: Any, key: str) -> Any:
-    origin, args = get_origin(tp), get_args(tp)
-    if not isinstance(value, (list, tuple)):
-        raise _type_error(key, tp, value)
-    if origin is tuple and args and args[-1] is not Ellipsis:
-        if len(value) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)} ({list(value)!r})")
-        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    item = args[0] if args else Any
-    items = [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    return tuple(items) if origin is tuple else items
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Check and convert one value to type ``tp``; ConfigError names ``key``."""
-    origin, args = get_origin(tp), get_args(tp)
-    if tp is Any:
-        return value
-    if origin is Literal:
-        if any(value == a and type(value) is type(a) for a in args):
-            return value
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(str(a) for a in args)}"
-                          f"{_did_you_mean(str(value), [str(a) for a in args])}")
-    if origin in (Union, types.UnionType):
-        return _convert_union(value, tp, key)
-    if origin in (list, tuple):
-        return _convert_sequence(value, tp, key)
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise _type_error(key, tp, value)
-        key_type, value_type = args or (Any, Any)
-        return {_convert(k, key_type, key): _convert(v, value_type, _join(key, str(k)))
-                for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        return dataclass_from_dict(tp, value, key)
-    return _convert_scalar(value, tp, key)
-
-
-def _check_bounds(value: Any, bounds: Mapping[str, float], key: str) -> None:
-    if not bounds or value is None:
-        return
-    numbers = value if isinstance(value, (list, tuple)) else (value,)
-    tests = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
-             "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
-    for number in numbers:
-        for name, bound in bounds.items():
-            test, sign = tests[name]
-            if not test(number, bound):
-                every = "every value " if isinstance(value, (list, tuple)) else ""
-                raise ConfigError(f"{key}: {every}must be {sign} {bound}, got {value!r}")
-
-
-def dataclass_from_dict(cls: type, data: Any, key: str = "") -> Any:
-    """Build the config dataclass ``cls`` from a mapping (recursively), checking every key and type.
-
-    Missing keys keep their defaults; ``None`` for a nested section means its defaults. A dataclass with
-    its own ``from_dict(data, key)`` (the augmentation config) converts itself. After construction the
-    fields' numeric bounds and the class's ``check(key)`` (cross-field rules) are applied.
-    """
-    if isinstance(data, cls):
-        return data
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise _type_error(key or "config", cls, data)
-    own_parser = getattr(cls, "from_dict", None)
-    if own_parser is not None and cls.__module__ != __name__:
-        try:
-            return own_parser(data, key) if key else own_parser(data)
-        except MedsegError as exc:
-            raise ConfigError(str(exc)) from None
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values = {}
-    for name, value in data.items():
-        if name not in fields:
-            where = f"; valid keys under {key!r}: {', '.join(fields)}" if key else ""
-            hint = _did_you_mean(str(name), fields, f"{key}." if key else "") or where
-            raise ConfigError(f"unknown config key {_join(key, str(name))!r}{hint}")
-        values[name] = _convert(value, hints[name], _join(key, name))
-    missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise ConfigError(f"{_join(key, missing[0])}: missing (required)")
-    config = cls(**values)
-    for name, f in fields.items():
-        _check_bounds(getattr(config, name), f.metadata.get("bounds", {}), _join(key, name))
-    if hasattr(config, "check"):
-        config.check(key)
-    return config
-
-
 # --------------------------------------------------------------------------------- YAML and overrides
 
 
-def _set_nested(data: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = data
-    for depth, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted}: {'.'.join(parts[:depth + 1])} is {child!r}, not a section")
-        node = child
-    node[parts[-1]] = value
+def _parse_override(override: str) -> tuple[str, Any]:
+    dotted, sep, text = override.partition("=")
+    dotted = dotted.strip()
+    if not sep or not dotted or any(not p for p in dotted.split(".")):
+        raise ConfigError(f"override {override!r}: expected key.sub=value")
+    try:
+        return dotted, yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({_one_line(exc)})") from None
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """A copy of ``data`` with ``key.sub=value`` overrides; values are YAML (``5``, ``1e-3``, ``[64,64]``,
     ``null``, ``true``, ``{a: 1}``)."""
-    result = _deep_copy(data)
-    for override in overrides:
-        dotted, sep, text = override.partition("=")
-        dotted = dotted.strip()
-        if not sep or not dotted or any(not p for p in dotted.split(".")):
-            raise ConfigError(f"override {override!r}: expected key.sub=value")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {override!r}: the value is not valid YAML "
-                              f"({_one_line(exc)})") from None
-        _set_nested(result, dotted, value)
-    return result
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value
+    return with_overrides(data, (_parse_override(override) for override in overrides))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -689,174 +444,8 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunCo
     return config_from_dict(data, overrides)
 
 
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        if hasattr(value, "to_dict"):
-            return _plain(value.to_dict())
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A config dataclass as plain data (dicts, lists, scalars) for YAML, JSON and checkpoints."""
-    return _plain(config)
-
-
 def save_config(config: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML, atomically; :func:`load_config` reads it back unchanged."""
     text = yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=None)
     write_text_atomically(path, text)
     return Path(path)
-
-
-# --------------------------------------------------------------------------------- schedules
-
-LrFactor = Callable[[int], float]
-"""Learning-rate multiplier at optimiser step ``t`` (0-based), for ``LambdaLR``."""
-ScheduleBuilder = Callable[[ScheduleConfig, int, int], LrFactor]
-"""``builder(config, total_steps, steps_per_epoch)`` -> the schedule's factor after warm-up."""
-
-_SCHEDULES: dict[str, ScheduleBuilder] = {}
-_FROM_START: set[str] = set()
-
-
-def register_schedule(name: str, *, from_start: bool = False) -> Callable[[ScheduleBuilder], ScheduleBuilder]:
-    """Register a schedule builder under ``name`` (a valid ``schedule.name`` from then on).
-
-    By default the builder's factor covers the steps after the warm-up (its step 0 is the first step after
-    it, its ``total_steps`` the rest of the run). With ``from_start`` it gets the run's own steps and total
-    (for schedules whose settings name points of the run, such as milestones); the warm-up then overlays
-    its start."""
-
-    def decorate(builder: ScheduleBuilder) -> ScheduleBuilder:
-        if name in _SCHEDULES:
-            raise ValueError(f"schedule {name!r} is registered twice")
-        _SCHEDULES[name] = builder
-        if from_start:
-            _FROM_START.add(name)
-        return builder
-
-    return decorate
-
-
-def schedule_names() -> list[str]:
-    return sorted(_SCHEDULES)
-
-
-def _progress(step: int, total: int) -> float:
-    return min(max(step, 0), total) / max(total, 1)
-
-
-@register_schedule("constant")
-def _constant(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> LrFactor:
-    return lambda step: 1.0
-
-
-@register_schedule("poly")
-def _poly(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> LrFactor:
-    """nnU-Net's ``PolyLRScheduler``: ``(1 - t / T) ** power``."""
-    return lambda step: (1.0 - _progress(step, total_steps)) ** config.power
-
-
-@register_schedule("cosine")
-def _cosine(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> LrFactor:
-    """Cosine annealing (Loshchilov & Hutter, SGDR, ICLR 2017) from 1 to ``min_lr_factor``."""
-    low = config.min_lr_factor
-    return lambda step: low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * _progress(step, total_steps)))
-
-
-@register_schedule("step")
-def _step(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> LrFactor:
-    """Multiply by ``gamma`` every ``step_size`` epochs (``StepLR``)."""
-    every = max(1, round(config.step_size * steps_per_epoch))
-    return lambda step: config.gamma ** (max(step, 0) // every)
-
-
-@register_schedule("multistep", from_start=True)
-def _multistep(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> LrFactor:
-    """Multiply by ``gamma`` (0.1 by default) at each of ``milestones``, as PyTorch's ``MultiStepLR`` in
-    its usual once-per-epoch use: the milestones are *epochs* (not optimiser steps), counted from the start
-    of the run, warm-up included (as timm and Detectron2 count them), and may be fractional; milestone
-    ``m`` takes effect from step ``round(m * steps_per_epoch)``, so ``[30, 60]`` gives 1 in epochs 1-30,
-    ``gamma`` in 31-60 and ``gamma**2`` after. A milestone inside the warm-up applies once it ends."""
-    milestones = config.milestones
-    if not milestones:
-        raise ConfigError("schedule.milestones: the multistep schedule needs a list of epochs, e.g. [30, 60]")
-    if any(b <= a for a, b in zip(milestones, milestones[1:], strict=False)):
-        raise ConfigError(f"schedule.milestones: must increase strictly, got {list(milestones)}")
-    starts = [round(m * steps_per_epoch) for m in milestones]
-    return lambda step: config.gamma ** bisect.bisect_right(starts, step)
-
-
-TRIANGULAR_OPTIONS = ("base_factor", "per_epoch", "ratio", "annealing_decay")
-
-
-def _option(config: ScheduleConfig, name: str, default: float, low: float, high: float) -> float:
-    value = config.options.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ConfigError(f"schedule.options.{name}: expected a number in [{low}, {high}], got {value!r}")
-    return float(value)
-
-
-@register_schedule("triangular")
-def _triangular(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> LrFactor:
-    """The triangular schedule of the official M2SNet ``train.py`` (Zhao et al. 2023): over ``N`` units
-    (epochs with ``per_epoch``, the default as there, else optimiser steps) unit ``u`` gets
-    ``b + (1 - b)(1 - |2(u + 1)/(N + 1) - 1|)``, rising linearly to 1 at mid-run and falling back, never
-    exactly 0 (``b = base_factor``, 0 there; e.g. 50 epochs: 2/51 in the first and last epoch).
-
-    Options (``schedule.options``): ``base_factor`` (0), ``per_epoch`` (true), ``ratio`` (1): the triangle
-    spans that fraction of the units, the rest anneals linearly from ``base_factor`` down to
-    ``base_factor * annealing_decay`` (0.01) in the last unit, as in the ``get_triangle_lr`` of
-    GCPANet/F3Net-style training scripts (whose triangle spans the whole run and is cut at ``ratio``; ours
-    is complete, so the rate does not jump down from the peak). That code also cycles SGD momentum
-    inversely (0.95 -> 0.85 -> 0.95); the official M2SNet keeps momentum 0.9 and so do we (``LambdaLR``
-    drives learning rates only).
-    """
-    unknown = sorted(set(config.options) - set(TRIANGULAR_OPTIONS))
-    if unknown:
-        raise ConfigError(f"schedule.options.{unknown[0]}: unknown option of the triangular schedule; "
-                          f"valid: {', '.join(TRIANGULAR_OPTIONS)}")
-    base = _option(config, "base_factor", 0.0, 0.0, 1.0)
-    ratio = _option(config, "ratio", 1.0, 0.0, 1.0)
-    decay = _option(config, "annealing_decay", 0.01, 0.0, 1.0)
-    per_epoch = config.options.get("per_epoch", True)
-    if not isinstance(per_epoch, bool):
-        raise ConfigError(f"schedule.options.per_epoch: expected true or false, got {per_epoch!r}")
-    every = max(steps_per_epoch, 1) if per_epoch else 1
-    units = max(math.ceil(total_steps / every), 1)
-    first = max(round(units * ratio), 1)
-
-    def factor(step: int) -> float:
-        unit = min(max(step, 0) // every, units - 1)
-        if unit < first:
-            return base + (1.0 - base) * (1.0 - abs(2.0 * (unit + 1) / (first + 1) - 1.0))
-        # linear from base (at the triangle's end) to base * annealing_decay (after the last unit)
-        progress = (unit - first + 1) / (units - first)
-        return base * (1.0 - (1.0 - decay) * progress)
-
-    return factor
-
-
-def lr_factor_function(config: ScheduleConfig, total_steps: int, steps_per_epoch: int = 1) -> LrFactor:
-    """The learning-rate factor per optimiser step: linear warm-up from ``warmup_start_factor`` to 1, then
-    the named schedule over the remaining ``total_steps`` (over all of them for a schedule registered
-    ``from_start``, e.g. ``multistep``). Use with ``LambdaLR(optimizer, factor)``."""
-    if config.name not in _SCHEDULES:
-        raise ConfigError(f"schedule.name: {config.name!r} is not one of {', '.join(schedule_names())}")
-    warmup = config.warmup_iterations or round(config.warmup_epochs * steps_per_epoch)
-    warmup = min(warmup, max(total_steps - 1, 0))
-    offset = 0 if config.name in _FROM_START else warmup
-    main = _SCHEDULES[config.name](config, max(total_steps - offset, 1), steps_per_epoch)
-    start = config.warmup_start_factor
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return start + (1.0 - start) * step / warmup
-        return float(main(step - offset))
-
-    return factor

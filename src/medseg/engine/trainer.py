@@ -236,7 +236,7 @@ def prepare_data(config: RunConfig, paths: RunPaths, ctx: DistributedContext, re
     _ensure_synthetic(config, ctx)
     barrier(ctx)
     dataset = load_dataset(data.root, channels_suffix=data.channels_suffix,
-                           allow_outside_root=data.allow_outside_root)
+                           allow_outside_root=data.allow_outside_root, layout=data.layout)
     if not dataset.cases:
         raise MedsegError(f"data.root: no labelled cases found in {data.root}")
     train_ids, val_ids = _split(config, dataset, paths, resume)
