@@ -255,6 +255,10 @@ def configure_evaluate(parser: argparse.ArgumentParser) -> None:
                         help="tolerance of the normalised surface Dice, in physical units (default: 1.0)")
     parser.add_argument("--workers", type=_positive_int, default=2, metavar="N",
                         help="processes evaluating cases (default: 2)")
+    parser.add_argument("--instance", action="store_true",
+                        help="instance label maps (one id per object): COCO AP, DSB2018 score, AJI, PQ, "
+                             "object Dice; scores from optional {case}_instances.json sidecars; "
+                             "writes metrics.csv and summary.json")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -284,9 +288,31 @@ def _warnings_on_stderr(logger_name: str) -> Iterator[None]:
         logger.propagate = propagate
 
 
+def run_evaluate_instances(args: argparse.Namespace) -> int:
+    from medseg.engine.evaluate import evaluate_instance_folders
+
+    if args.metrics is not None or args.labels is not None:
+        raise MedsegError("--metrics and --labels do not apply to --instance (every instance metric is "
+                          "computed, all ids are objects of one category)")
+    with _warnings_on_stderr("medseg.engine.evaluate"):
+        summary = evaluate_instance_folders(args.pred, args.gt, out_dir=args.out,
+                                            progress=not args.no_progress)
+    data, ap = summary.data, summary.data["ap"]
+    print(_evaluation_table(data))
+    print(f"\nAP {ap['ap']:.4f}, AP50 {ap['ap50']:.4f}, AP75 {ap['ap75']:.4f} over all cases "
+          f"({ap['gt_instances']} objects, {ap['pred_instances']} predicted instances).")
+    print(f"{data['cases']} cases evaluated; {len(data['missing'])} missing, {len(data['extra'])} extra, "
+          f"{len(data['problems'])} left out.")
+    for path in summary.files.values():
+        print(f"{PROG}: wrote {path}", file=sys.stderr)
+    return 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from medseg.engine.evaluate import evaluate_folders  # matplotlib: loaded only when evaluating
 
+    if args.instance:
+        return run_evaluate_instances(args)
     with _warnings_on_stderr("medseg.engine.evaluate"):
         summary = evaluate_folders(args.pred, args.gt, out_dir=args.out, metrics=args.metrics,
                                    labels=args.labels, nsd_tolerance=args.nsd_tolerance,
