@@ -11,6 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 from medseg.data import write_polyp_dataset
+from medseg.engine import plan as plan_module
 from medseg.engine import trainer as trainer_module
 from medseg.engine.config import config_from_dict
 from medseg.engine.distributed import DistributedContext, all_reduce_sum, init_distributed
@@ -30,14 +31,16 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     writes: list[str] = []
-    for name in ("save_checkpoint", "_write_log", "plot_progress", "save_config", "write_splits"):
-        original = getattr(trainer_module, name)
+    for module, name in ((trainer_module, "save_checkpoint"), (trainer_module, "_write_log"),
+                         (trainer_module, "plot_progress"), (trainer_module, "save_config"),
+                         (plan_module, "write_splits")):
+        original = getattr(module, name)
 
         def spy(*args, _original=original, _name=name, **kwargs):
             writes.append(_name)
             return _original(*args, **kwargs)
 
-        setattr(trainer_module, name, spy)
+        setattr(module, name, spy)
     run = trainer_module.Trainer.run
 
     def run_and_dump(self, resume):
@@ -65,8 +68,8 @@ def test_two_gloo_ranks_stay_in_sync(tmp_path: Path, monkeypatch) -> None:
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     p0 = torch.load(tmp_path / "params0.pt", weights_only=True)
     p1 = torch.load(tmp_path / "params1.pt", weights_only=True)
-    initial = trainer_module.create_model("unet", in_channels=3, num_classes=1, spatial_dims=2, features=4,
-                                          depth=2).state_dict()
+    initial = plan_module.create_model("unet", in_channels=3, num_classes=1, spatial_dims=2, features=4,
+                                       depth=2).state_dict()
     assert all(torch.equal(p0[k], p1[k]) for k in p0)
     assert any(not torch.equal(p0[k], initial[k]) for k in p0)  # they did train
     writes0 = json.loads((tmp_path / "writes0.json").read_text(encoding="utf-8"))

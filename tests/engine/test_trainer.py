@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -17,10 +18,12 @@ import yaml
 
 from helpers import tiny_config
 from medseg.cli import main
+from medseg.engine import plan as plan_module
 from medseg.engine import trainer as trainer_module
 from medseg.engine.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
 from medseg.engine.config import config_from_dict
 from medseg.engine.trainer import train
+from medseg.engine.validation import BestMetric
 from medseg.errors import MedsegError
 
 
@@ -138,14 +141,14 @@ def test_cli_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_multi_scale_draws_rounded_sizes_per_batch_seeded_by_epoch() -> None:
-    factors = trainer_module.MultiScale([0.75, 1.25], multiple=8, seed=0)
+    factors = plan_module.MultiScale([0.75, 1.25], multiple=8, seed=0)
     factors.set_epoch(0)
     assert {tuple(factors.size((32, 32))) for _ in range(40)} == {(24, 24), (40, 40)}
-    absolute = trainer_module.MultiScale([13, 3], multiple=8, seed=0)
+    absolute = plan_module.MultiScale([13, 3], multiple=8, seed=0)
     assert {tuple(absolute.size((32, 16))) for _ in range(40)} == {(16, 16), (8, 8)}  # round(13/8)=2, min 8
     draws = []
     for epoch in (0, 0, 1):
-        scale = trainer_module.MultiScale([16, 24], multiple=8, seed=3)
+        scale = plan_module.MultiScale([16, 24], multiple=8, seed=3)
         scale.set_epoch(epoch)
         draws.append([scale.size((32, 32))[0] for _ in range(30)])
     assert draws[0] == draws[1] and draws[0] != draws[2]
@@ -159,14 +162,14 @@ def test_multi_scale_draws_rounded_sizes_per_batch_seeded_by_epoch() -> None:
 
 def test_multi_scale_training_sees_the_drawn_sizes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[int, ...]] = []
-    original = trainer_module.MultiScale.__call__
+    original = plan_module.MultiScale.__call__
 
     def record(self: Any, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = original(self, image, label)
         seen.append(tuple(image.shape[2:]))
         return image, label
 
-    monkeypatch.setattr(trainer_module.MultiScale, "__call__", record)
+    monkeypatch.setattr(plan_module.MultiScale, "__call__", record)
     config = config_from_dict(tiny_config(tmp_path, epochs=1, multi_scale=[0.5, 0.75]))
     result = train(config, progress=False)
     assert result.epochs_run == 1 and len(seen) == 3  # 6 training images in batches of 2
@@ -212,7 +215,7 @@ def test_model_ema_by_hand() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.BatchNorm1d(1))
     with torch.no_grad():
         model[0].weight.fill_(2.0)
-    ema = trainer_module.ModelEMA(model, decay=0.75)
+    ema = plan_module.ModelEMA(model, decay=0.75)
     with torch.no_grad():
         model[0].weight.fill_(6.0)
         model[1].running_mean.fill_(4.0)
@@ -222,6 +225,25 @@ def test_model_ema_by_hand() -> None:
     assert ema.module[1].running_mean.item() == pytest.approx(0.25 * 4)
     assert ema.module[1].num_batches_tracked.item() == 7  # integer buffers are copied
     assert not ema.module.training and not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_best_metric_tracks_improvement_direction_nan_and_staleness() -> None:
+    higher = BestMetric("dice", lower_is_better=False)
+    seen = [higher.update(row) for row in ({"val_dice": math.nan}, {"val_dice": 0.4}, {"train_loss": 1.0},
+                                           {"val_dice": 0.3}, {"val_dice": 0.4}, {"val_dice": 0.5})]
+    assert seen == [False, True, False, False, False, True] and higher.score == 0.5 and higher.stale == 0
+    lower = BestMetric("hd95", lower_is_better=True, score=3.0)
+    assert lower.update({"val_hd95": 2.0}) and not lower.update({"val_hd95": 2.5}) and lower.stale == 1
+    config = config_from_dict({"data": {"root": "x"}, "model": {"name": "unet"},
+                               "train": {"best_metric": "hd95", "val_metrics": ["hd95"]}})
+    assert BestMetric.of(config) == BestMetric("hd95", lower_is_better=True)
+
+
+def test_planning_names_stay_importable_from_the_trainer() -> None:
+    for name in ("DataPlan", "ModelEMA", "MultiScale", "build_optimizer", "build_preprocessor",
+                 "load_encoder_file", "load_init_file", "prepare_data", "seed_everything"):
+        assert getattr(trainer_module, name) is getattr(plan_module, name), name
+    assert {"TrainResult", "train", "prepare_data"} <= set(trainer_module.__all__)
 
 
 def test_ema_weights_are_saved_and_resume_matches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -279,13 +301,13 @@ def test_init_from_fine_tunes_another_class_count_only_with_the_skip_option(
         train(config_from_dict(data), progress=False)
 
     started: dict[str, torch.Tensor] = {}
-    original = trainer_module.load_init_file
+    original = plan_module.load_init_file
 
     def snapshot(model: torch.nn.Module, path: str, skip: bool) -> None:
         original(model, path, skip)
         started.update({k: v.detach().clone() for k, v in model.state_dict().items()})
 
-    monkeypatch.setattr(trainer_module, "load_init_file", snapshot)
+    monkeypatch.setattr(plan_module, "load_init_file", snapshot)
     data["model"]["init_skip_mismatched"] = True
     result = train(config_from_dict(data), progress=False)
     assert result.epochs_run == 1 and load_checkpoint(result.last_checkpoint)["model"]["num_classes"] == 3
