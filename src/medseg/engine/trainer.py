@@ -83,8 +83,8 @@ from medseg.layers import resize_to
 from medseg.losses import build_loss
 from medseg.losses.deep_supervision import resize_nearest
 from medseg.metrics import evaluate_case
+from medseg.models.registry import create_model, model_info
 from medseg.outputs import main_logits
-from medseg.registry import create_model, model_info
 
 logger = logging.getLogger(__name__)
 
