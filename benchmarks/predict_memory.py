@@ -46,7 +46,7 @@ def make_inputs(folder: Path, args: argparse.Namespace) -> tuple[Path, Path]:
 
     from medseg.data.preprocess import Preprocessor
     from medseg.engine.checkpoint import make_checkpoint, save_checkpoint
-    from medseg.registry import create_model
+    from medseg.models.registry import create_model
 
     rng = np.random.default_rng(0)
     volume = rng.integers(-1000, 1000, size=SHAPE, dtype=np.int16)

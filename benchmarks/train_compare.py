@@ -61,7 +61,7 @@ from medseg.engine.predict import PROBABILITY_SUFFIX, load_models, predict_paths
 from medseg.engine.rundir import RunPaths
 from medseg.errors import MedsegError
 from medseg.fileio import write_text_atomically
-from medseg.registry import count_parameters, get_entry, list_models, register_model
+from medseg.models.registry import count_parameters, get_entry, list_models, register_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MONAI_BASICUNET = "monai_basicunet"

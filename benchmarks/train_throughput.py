@@ -23,7 +23,7 @@ from torch import nn
 
 from medseg.engine.benchmark import machine_description, machine_slug, markdown_table
 from medseg.fileio import write_text_atomically
-from medseg.registry import count_parameters, create_model
+from medseg.models.registry import count_parameters, create_model
 
 WIDTHS = (32, 32, 64, 128, 256)
 CASES = ((2, 256, 8), (3, 96, 2))

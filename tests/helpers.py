@@ -18,7 +18,7 @@ import torch
 from medseg.data import write_polyp_dataset
 from medseg.data.preprocess import Preprocessor
 from medseg.engine.checkpoint import make_checkpoint, save_checkpoint
-from medseg.registry import create_model
+from medseg.models.registry import create_model
 
 NO_AUGMENTATION = {name: False for name in ("mirror", "rot90", "rotation", "scale", "shear", "elastic",
                                             "noise", "blur", "brightness", "contrast", "low_resolution",

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from medseg import __version__, layers, registry
+from medseg import __version__, layers
 from medseg.cli import COMMANDS, main
 from medseg.engine.benchmark import TABLE_COLUMNS
-from medseg.registry import list_models, register_model
+from medseg.models import registry
+from medseg.models.registry import list_models, register_model
 
 TINY = "_test_cli_tiny"
 

@@ -44,3 +44,11 @@ def test_populate_runs_once_before_the_first_lookup() -> None:
     assert calls == []
     assert registry.get("x") == 9 and registry.names() == ["x"]
     assert calls == [1]
+
+
+def test_is_alias_tells_aliases_from_names_and_unknown_names() -> None:
+    registry: Registry[int] = Registry("widget")
+    registry.add("alpha", 1, aliases=["alpha3d"])
+    assert registry.is_alias("ALPHA3D") and not registry.is_alias("alpha") and not registry.is_alias("zz")
+    registry.remove("alpha")
+    assert not registry.is_alias("alpha3d")

@@ -9,9 +9,17 @@ import torch
 from torch import nn
 
 import medseg
-from medseg import layers, registry
+from medseg import layers
 from medseg.errors import MedsegError, UnknownModelError
-from medseg.registry import Reference, count_parameters, create_model, list_models, model_info, register_model
+from medseg.models import registry
+from medseg.models.registry import (
+    Reference,
+    count_parameters,
+    create_model,
+    list_models,
+    model_info,
+    register_model,
+)
 
 TINY = "_test_reg_tiny"
 TINY_ALIAS = "_test_reg_tiny3d"

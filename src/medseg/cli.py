@@ -35,7 +35,7 @@ from medseg.engine.device import resolve_device
 from medseg.errors import MedsegError
 from medseg.fileio import write_text_atomically
 from medseg.metrics.case import METRIC_NAMES
-from medseg.registry import count_parameters, create_model, list_models, model_info
+from medseg.models.registry import count_parameters, create_model, list_models, model_info
 
 PROG = "medseg"
 

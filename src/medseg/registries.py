@@ -73,6 +73,11 @@ class Registry(Generic[T]):
         key = self.canonical(name)
         return sorted(a for a, target in self._aliases.items() if target == key)
 
+    def is_alias(self, name: str) -> bool:
+        """Whether ``name`` (any letter case) is a registered alias rather than a name; unknown: ``False``."""
+        self._ensure_populated()
+        return str(name).lower() in self._aliases
+
     def __contains__(self, name: object) -> bool:
         self._ensure_populated()
         key = str(name).lower()

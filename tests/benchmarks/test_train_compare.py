@@ -21,7 +21,7 @@ import train_compare as tc  # noqa: E402
 from medseg.data import write_polyp_dataset  # noqa: E402
 from medseg.engine.evaluate import read_prediction  # noqa: E402
 from medseg.errors import MedsegError  # noqa: E402
-from medseg.registry import create_model, list_models, unregister_model  # noqa: E402
+from medseg.models.registry import create_model, list_models, unregister_model  # noqa: E402
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import torch
 from helpers import assert_grads_finite, random_input
 from medseg.blocks.attention import CBAM, ChannelAttention, NonLocalBlock, SpatialAttention, SqueezeExcitation
 from medseg.errors import MedsegError
-from medseg.registry import count_parameters
+from medseg.models.registry import count_parameters
 
 DIMS = [2, 3]
 

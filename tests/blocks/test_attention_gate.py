@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from medseg.blocks.attention_gate import AttentionGate, MultiAttentionGate
 from medseg.errors import MedsegError
-from medseg.registry import count_parameters
+from medseg.models.registry import count_parameters
 
 
 def _pair(spatial_dims: int, skip: int = 8, coarse: int = 4, cx: int = 6, cg: int = 10):

@@ -14,7 +14,7 @@ from medseg.blocks.context import (
 )
 from medseg.blocks.conv import DepthwiseSeparableConv
 from medseg.errors import MedsegError
-from medseg.registry import count_parameters
+from medseg.models.registry import count_parameters
 
 DIMS = [2, 3]
 ODD_SIZES = {2: (17, 13), 3: (9, 7, 11)}

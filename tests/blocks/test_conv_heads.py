@@ -7,7 +7,7 @@ from torch import nn
 from helpers import random_input as _input
 from medseg.blocks.conv import ConvNormAct, DepthwiseSeparableConv, DoubleConv
 from medseg.blocks.heads import DeepSupervisionHeads, SegmentationHead
-from medseg.registry import count_parameters
+from medseg.models.registry import count_parameters
 
 DIMS = [2, 3]
 

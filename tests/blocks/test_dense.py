@@ -6,7 +6,7 @@ from torch import nn
 
 from helpers import random_input as _input
 from medseg.blocks.dense import DenseBlock, DenseLayer, InceptionBlock, NormActConv
-from medseg.registry import count_parameters
+from medseg.models.registry import count_parameters
 
 DIMS = [2, 3]
 

@@ -7,7 +7,7 @@ import torch
 
 from medseg.blocks.recurrent import RecurrentConv, RecurrentConvUnit, RecurrentResidualUnit
 from medseg.errors import MedsegError
-from medseg.registry import count_parameters
+from medseg.models.registry import count_parameters
 
 
 def _input(spatial_dims: int, channels: int = 3, size: int = 8) -> torch.Tensor:

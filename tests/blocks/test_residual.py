@@ -6,7 +6,7 @@ from torch import nn
 
 from helpers import random_input as _input
 from medseg.blocks.residual import BottleneckBlock, ResidualBlock
-from medseg.registry import count_parameters
+from medseg.models.registry import count_parameters
 
 DIMS = [2, 3]
 

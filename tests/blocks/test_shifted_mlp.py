@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from helpers import assert_grads_finite, random_input
 from medseg.blocks.shifted_mlp import OverlapPatchEmbed, ShiftedMLP, ShiftedMLPBlock, shift_tokens
 from medseg.errors import MedsegError
-from medseg.registry import count_parameters
+from medseg.models.registry import count_parameters
 
 
 def roll_reference(x: Tensor, dim: int, shift_size: int = 5) -> Tensor:

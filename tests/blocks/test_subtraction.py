@@ -18,7 +18,7 @@ from medseg.blocks.subtraction import (
     SubtractionUnit,
 )
 from medseg.errors import MedsegError
-from medseg.registry import count_parameters
+from medseg.models.registry import count_parameters
 
 BN_SCALE = 1 / math.sqrt(1 + 1e-5)  # a fresh batch norm in eval mode divides by sqrt(1 + eps)
 CBR_PARAMS = 8 * 8 * 9 + 8 + 2 * 8  # 3x3 conv with bias + BN, 8 -> 8 channels

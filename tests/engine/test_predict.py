@@ -17,7 +17,7 @@ from medseg.data.io import read_image, read_mask
 from medseg.data.preprocess import Preprocessor
 from medseg.engine.inference import logits_to_labels
 from medseg.engine.predict import predict_paths
-from medseg.registry import create_model
+from medseg.models.registry import create_model
 
 
 def _png(path: Path, size: tuple[int, int], seed: int, rgb: bool = False) -> Path:

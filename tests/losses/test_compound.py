@@ -171,8 +171,8 @@ def test_build_loss_errors_name_the_key(config: dict, message: str) -> None:
 
 
 def test_create_loss_errors() -> None:
-    with pytest.raises(MedsegError, match="allowed: .*dice_ce"):
-        create_loss("nonsense")
+    with pytest.raises(MedsegError, match="unknown loss 'qqqqqqqq'; known losses: .*dice_ce"):
+        create_loss("qqqqqqqq")
     with pytest.raises(MedsegError, match="mode must be one of"):
         create_loss("dice", mode="regression")
     with pytest.raises(MedsegError, match="reduction"):

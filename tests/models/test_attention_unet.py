@@ -7,8 +7,8 @@ import torch
 
 from medseg.blocks.attention_gate import AttentionGate
 from medseg.errors import InputSizeError, MedsegError
+from medseg.models.registry import count_parameters, create_model, model_info
 from medseg.outputs import SegOutput
-from medseg.registry import count_parameters, create_model, model_info
 
 SMALL = (4, 8, 8, 16, 16)
 OFFICIAL_COUNTS = {"multi": 6_473_322, "single": 6_214_151, "none": 5_888_004}

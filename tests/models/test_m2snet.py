@@ -11,7 +11,7 @@ from medseg import layers
 from medseg.encoders.base import Encoder, get_encoder_entry
 from medseg.errors import InputSizeError, MedsegError
 from medseg.models.m2snet import M2SNet, MSNet
-from medseg.registry import count_parameters
+from medseg.models.registry import count_parameters
 
 RES2NET_CHANNELS = [64, 256, 512, 1024, 2048]
 RESNET_REDUCTIONS = [2, 4, 8, 16, 32]

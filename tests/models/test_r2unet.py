@@ -7,7 +7,7 @@ import torch
 
 from medseg.blocks.recurrent import RecurrentConv, RecurrentResidualUnit
 from medseg.errors import InputSizeError
-from medseg.registry import count_parameters, create_model
+from medseg.models.registry import count_parameters, create_model
 
 SMALL = (4, 8, 16, 32, 64)  # features=4, depth=4
 

@@ -7,9 +7,9 @@ import torch
 from torch import Tensor, nn
 
 from medseg.errors import InputSizeError, MedsegError
+from medseg.models.registry import count_parameters, create_model, get_entry
 from medseg.models.unet import ConcatSkip, UNet, center_crop
 from medseg.outputs import SegOutput
-from medseg.registry import count_parameters, create_model, get_entry
 
 
 def test_reference_counts_are_exact() -> None:

@@ -8,9 +8,9 @@ from torch import Tensor, nn
 
 from medseg.encoders.base import Encoder
 from medseg.errors import MedsegError
+from medseg.models.registry import count_parameters, create_model, get_entry
 from medseg.models.unetpp import UNetPlusPlus
 from medseg.outputs import SegOutput
-from medseg.registry import count_parameters, create_model, get_entry
 
 
 def test_reference_counts_and_the_three_extra_heads() -> None:

@@ -14,8 +14,8 @@ from medseg.blocks.shifted_mlp import ShiftedMLPBlock
 from medseg.engine.config import load_config
 from medseg.errors import InputSizeError, MedsegError
 from medseg.losses import build_loss
+from medseg.models.registry import count_parameters, create_model, get_entry, model_info
 from medseg.models.unext import UNeXt
-from medseg.registry import count_parameters, create_model, get_entry, model_info
 
 SPEC_PARAMS = {"unext": 1_471_921, "unext_s": 253_561, "unext_paper": 1_580_961}
 SPEC_GMACS_256 = {"unext": 0.562, "unext_s": 0.099}  # spec; unext_paper 1.176 is measured in the report

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from medseg.errors import InputSizeError, MedsegError
+from medseg.models.registry import count_parameters, create_model, get_entry
 from medseg.models.vnet import ResidualConvs, VNet, VNetDownStage, VNetInputStage, VNetUpStage
-from medseg.registry import count_parameters, create_model, get_entry
 
 
 def test_reference_count_and_prelu_slopes() -> None:

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from medseg.errors import MedsegError, unknown_name_message
+from medseg.errors import MedsegError
+from medseg.registries import Registry
 
 CLASSIFIER_PREFIXES = ("fc.", "head.", "classifier.", "pre_logits.", "last_linear.", "head_drop.")
 """Keys of classification heads: present in ImageNet weight files, never part of an encoder."""
@@ -72,8 +73,11 @@ class EncoderEntry:
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
-_ENCODERS: dict[str, EncoderEntry] = {}
-_ALIASES: dict[str, str] = {}
+def _import_encoders() -> None:
+    import medseg.encoders  # noqa: F401  (registers the built-in encoders)
+
+
+_ENCODERS: Registry[EncoderEntry] = Registry("encoder", populate=_import_encoders, error=MedsegError)
 
 
 def register_encoder(name: str, *, paper: str, dims: Sequence[int] = (2,), params: int | None = None,
@@ -85,35 +89,21 @@ def register_encoder(name: str, *, paper: str, dims: Sequence[int] = (2,), param
     ``timm_name`` the timm model whose weight files load into it."""
 
     def decorate(builder: Callable[..., Encoder]) -> Callable[..., Encoder]:
-        for key in (name, *aliases):
-            if key in _ENCODERS or key in _ALIASES:
-                raise ValueError(f"encoder name {key!r} is registered twice")
-        _ENCODERS[name] = EncoderEntry(name, builder, paper, tuple(dims), params, timm_name, tuple(aliases),
-                                       dict(defaults or {}))
-        for alias in aliases:
-            _ALIASES[alias] = name
+        _ENCODERS.add(name, EncoderEntry(name, builder, paper, tuple(dims), params, timm_name, tuple(aliases),
+                                         dict(defaults or {})), aliases)
         return builder
 
     return decorate
 
 
-def _ensure_encoders_imported() -> None:
-    import medseg.encoders  # noqa: F401  (registers the built-in encoders)
-
-
 def get_encoder_entry(name: str) -> EncoderEntry:
     """The entry of ``name`` or an alias; unknown names suggest the closest registered ones."""
-    _ensure_encoders_imported()
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key in _ENCODERS:
-        return _ENCODERS[key]
-    raise MedsegError(unknown_name_message("encoder", name, [*_ENCODERS, *_ALIASES]))
+    return _ENCODERS.get(name)
 
 
 def list_encoders() -> list[str]:
     """The registered encoder names, sorted (aliases not included)."""
-    _ensure_encoders_imported()
-    return sorted(_ENCODERS)
+    return _ENCODERS.names()
 
 
 def encoder_info(name: str) -> dict[str, Any]:

@@ -40,8 +40,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from medseg.engine.device import resolve_device
 from medseg.errors import InputSizeError, MedsegError
 from medseg.models.base import SegmentationModel, nearest_multiples
+from medseg.models.registry import alias_defaults, count_parameters, create_model, get_entry
 from medseg.outputs import SegOutput
-from medseg.registry import alias_defaults, count_parameters, create_model, get_entry
 
 MIB = 2**20
 

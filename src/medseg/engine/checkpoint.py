@@ -34,7 +34,7 @@ from medseg import __version__
 from medseg.encoders.base import read_state_dict
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_path
-from medseg.registry import create_model
+from medseg.models.registry import create_model
 
 logger = logging.getLogger(__name__)
 

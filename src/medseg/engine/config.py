@@ -155,7 +155,7 @@ class ModelConfig:
     init_skip_mismatched: bool = False
 
     def check(self, key: str) -> None:
-        from medseg.registry import get_entry
+        from medseg.models.registry import get_entry
 
         try:
             get_entry(self.name)

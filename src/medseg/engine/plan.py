@@ -52,7 +52,7 @@ from medseg.errors import MedsegError
 from medseg.layers import resize_to
 from medseg.losses import build_loss
 from medseg.losses.deep_supervision import resize_nearest
-from medseg.registry import create_model, model_info
+from medseg.models.registry import create_model, model_info
 
 logger = logging.getLogger(__name__)
 

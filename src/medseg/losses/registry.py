@@ -1,13 +1,13 @@
 """The loss registry: ``register_loss``, ``create_loss``, ``list_losses``.
 
 Losses register a class (or a factory function) under a name; later losses (LossNet, the ConResNet loss)
-plug in with the same decorator. Unknown names and options raise :class:`MedsegError` naming the key and
-the allowed values.
+plug in with the same decorator. The builders live in a :class:`~medseg.registries.Registry`, filled by
+importing :mod:`medseg.losses` on first use. Unknown names raise :class:`MedsegError` with the closest
+names, unknown options name the key and the allowed values.
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,50 +16,35 @@ from torch import nn
 
 from medseg.errors import MedsegError
 from medseg.losses.base import check_keys
+from medseg.registries import Registry
 
 LossBuilder = Callable[..., nn.Module]
 
-_LOSSES: dict[str, LossBuilder] = {}
-_ALIASES: dict[str, str] = {}
+
+def _import_losses() -> None:
+    import medseg.losses  # noqa: F401  (registers the built-in losses)
+
+
+_LOSSES: Registry[LossBuilder] = Registry("loss", populate=_import_losses, error=MedsegError)
 
 
 def register_loss(name: str, *, aliases: Sequence[str] = ()) -> Callable[[LossBuilder], LossBuilder]:
     """Class or function decorator registering a loss builder under ``name`` (lower case) and ``aliases``."""
 
     def decorate(builder: LossBuilder) -> LossBuilder:
-        for key in (name, *aliases):
-            if key in _LOSSES or key in _ALIASES:
-                raise ValueError(f"loss name {key!r} is registered twice")
-        _LOSSES[name] = builder
-        for alias in aliases:
-            _ALIASES[alias] = name
-        return builder
+        return _LOSSES.add(name, builder, aliases)
 
     return decorate
 
 
 def unregister_loss(name: str) -> None:
     """Remove a loss and its aliases (tests, plug-ins); unknown names are ignored."""
-    if _LOSSES.pop(name, None) is not None:
-        for alias in [a for a, target in _ALIASES.items() if target == name]:
-            del _ALIASES[alias]
-
-
-def _ensure_losses_imported() -> None:
-    import medseg.losses  # noqa: F401  (registers the built-in losses)
+    _LOSSES.remove(name)
 
 
 def get_loss_builder(name: str) -> LossBuilder:
-    """The builder registered under ``name`` or an alias; unknown names list the allowed ones."""
-    _ensure_losses_imported()
-    key = str(name).lower()
-    key = _ALIASES.get(key, key)
-    if key in _LOSSES:
-        return _LOSSES[key]
-    known = sorted([*_LOSSES, *_ALIASES])
-    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise MedsegError(f"unknown loss {name!r}{hint}; allowed: {', '.join(known)}")
+    """The builder registered under ``name`` or an alias; unknown names suggest the closest ones."""
+    return _LOSSES.get(name)
 
 
 def loss_options(name: str) -> list[str]:
@@ -86,5 +71,4 @@ def create_loss(name: str, **options: Any) -> nn.Module:
 
 def list_losses() -> list[str]:
     """The registered loss names, sorted (aliases not included)."""
-    _ensure_losses_imported()
-    return sorted(_LOSSES)
+    return _LOSSES.names()

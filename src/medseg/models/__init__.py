@@ -1,9 +1,18 @@
-"""The model zoo: importing this package registers every model."""
+"""The model zoo: importing this package registers every model in :mod:`medseg.models.registry`."""
 
 from medseg.models.attention_unet import AttentionUNet
 from medseg.models.conresnet import ConResNet
 from medseg.models.m2snet import M2SNet, MSNet
 from medseg.models.r2unet import R2UNet
+from medseg.models.registry import (
+    Reference,
+    count_parameters,
+    create_model,
+    list_models,
+    model_info,
+    register_model,
+    unregister_model,
+)
 from medseg.models.unet import UNet, UNetDecoder, UNetEncoder
 from medseg.models.unet_v2 import EncoderUNet, UNetV2
 from medseg.models.unetpp import UNetPlusPlus
@@ -13,4 +22,6 @@ from medseg.models.vnet import VNet
 __all__ = [
     "AttentionUNet", "ConResNet", "EncoderUNet", "M2SNet", "MSNet", "R2UNet", "UNeXt", "UNet",
     "UNetDecoder", "UNetEncoder", "UNetPlusPlus", "UNetV2", "VNet",
+    "Reference", "count_parameters", "create_model", "list_models", "model_info", "register_model",
+    "unregister_model",
 ]

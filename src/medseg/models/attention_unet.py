@@ -19,9 +19,9 @@ from medseg.blocks.conv import ConvNormAct, DoubleConv
 from medseg.blocks.heads import DeepSupervisionHeads, SegmentationHead
 from medseg.errors import MedsegError
 from medseg.models.base import SegmentationModel
+from medseg.models.registry import Reference, register_model
 from medseg.models.unet import level_widths
 from medseg.outputs import SegOutput
-from medseg.registry import Reference, register_model
 
 GATES_PER_SKIP = {"multi": 2, "single": 1, "none": 0}
 OFFICIAL_CT_FEATURES = (16, 32, 64, 128, 256)

@@ -30,8 +30,8 @@ from medseg.blocks.context_residual import (
 )
 from medseg.errors import MedsegError
 from medseg.models.base import SegmentationModel
+from medseg.models.registry import Reference, register_model
 from medseg.outputs import SegOutput
-from medseg.registry import Reference, register_model
 
 RESIDUAL_KEY = "residual_logits"
 """Key of the residual logits ``[res, res x2, res x4]`` in the training output's ``extras``."""

@@ -21,7 +21,7 @@ from medseg.blocks.subtraction import SubtractionPyramid, conv_bn_relu
 from medseg.encoders.base import Encoder, build_encoder
 from medseg.errors import MedsegError
 from medseg.models.base import SegmentationModel
-from medseg.registry import Reference, register_model
+from medseg.models.registry import Reference, register_model
 
 DEFAULT_ENCODER = {2: "res2net50_v1b_26w_4s", 3: "resnet34"}
 

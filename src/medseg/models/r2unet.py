@@ -17,8 +17,8 @@ from medseg.blocks.conv import ConvNormAct
 from medseg.blocks.heads import SegmentationHead
 from medseg.blocks.recurrent import RecurrentResidualUnit
 from medseg.models.base import SegmentationModel
+from medseg.models.registry import register_model
 from medseg.models.unet import level_widths
-from medseg.registry import register_model
 
 
 class RecurrentDecoderLevel(nn.Module):

@@ -25,8 +25,8 @@ from medseg.blocks.heads import DeepSupervisionHeads, SegmentationHead
 from medseg.blocks.sdi import SemanticDetailSkips
 from medseg.errors import InputSizeError, MedsegError, check_choice
 from medseg.models.base import SegmentationModel
+from medseg.models.registry import Reference, register_model
 from medseg.outputs import SegOutput
-from medseg.registry import Reference, register_model
 
 PADDINGS = ("same", "valid")
 UPSAMPLINGS = ("transpose", "interpolate")

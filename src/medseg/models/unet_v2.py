@@ -23,10 +23,10 @@ from medseg.blocks.sdi import SemanticDetailSkips
 from medseg.encoders.base import Encoder, build_encoder
 from medseg.errors import MedsegError
 from medseg.models.base import SegmentationModel
+from medseg.models.registry import Reference, register_model
 from medseg.models.unet import UNetDecoder
 from medseg.models.unetpp import UNetPlusPlus
 from medseg.outputs import SegOutput
-from medseg.registry import Reference, register_model
 
 DEFAULT_ENCODERS = {2: "pvt_v2_b2", 3: "resnet34"}
 """The default encoder per ``spatial_dims``: the paper's PVT-v2-b2 in 2D, a 3D ResNet-34 in 3D (ours)."""

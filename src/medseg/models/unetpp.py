@@ -24,9 +24,9 @@ from medseg.blocks.heads import DeepSupervisionHeads, SegmentationHead
 from medseg.encoders.base import Encoder, build_encoder
 from medseg.errors import MedsegError
 from medseg.models.base import SegmentationModel
+from medseg.models.registry import Reference, register_model
 from medseg.models.unet import UNetEncoder, UpConvolution
 from medseg.outputs import SegOutput
-from medseg.registry import Reference, register_model
 
 
 class NestedNode(nn.Module):

@@ -23,7 +23,7 @@ from medseg.blocks.conv import ConvNormAct
 from medseg.blocks.shifted_mlp import OverlapPatchEmbed, ShiftedMLPBlock
 from medseg.errors import MedsegError
 from medseg.models.base import SegmentationModel
-from medseg.registry import Reference, register_model
+from medseg.models.registry import Reference, register_model
 
 UNEXT_CHANNELS = (16, 32, 128, 160, 256)
 UNEXT_S_CHANNELS = (8, 16, 32, 64, 128)

@@ -20,7 +20,7 @@ from medseg import layers
 from medseg.blocks.conv import ConvNormAct
 from medseg.errors import MedsegError
 from medseg.models.base import SegmentationModel
-from medseg.registry import Reference, register_model
+from medseg.models.registry import Reference, register_model
 
 REFERENCE_DOWN_CONVS = (1, 2, 3, 2)
 REFERENCE_UP_CONVS = (2, 2, 1, 1)

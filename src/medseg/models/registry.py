@@ -1,7 +1,8 @@
 """The model registry: names, builders and metadata (paper, dims, default loss, input multiple, references).
 
 Models register themselves with :func:`register_model`; users create them with
-:func:`create_model` and inspect them with :func:`list_models` and :func:`model_info`.
+:func:`create_model` and inspect them with :func:`list_models` and :func:`model_info`. The entries live in a
+:class:`~medseg.registries.Registry`, filled by importing :mod:`medseg.models` (the zoo) on first use.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from medseg.errors import MedsegError, UnknownModelError, unknown_name_message
+from medseg.errors import MedsegError, UnknownModelError
+from medseg.registries import Registry
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,11 @@ class ModelEntry:
     exportable: bool = True
 
 
-_MODELS: dict[str, ModelEntry] = {}
-_ALIASES: dict[str, str] = {}
+def _import_zoo() -> None:
+    import medseg.models  # noqa: F401  (registers the zoo)
+
+
+_MODELS: Registry[ModelEntry] = Registry("model", populate=_import_zoo, error=UnknownModelError)
 
 
 def register_model(name: str, *, paper: str, dims: Sequence[int], default_loss: str, input_multiple: int,
@@ -61,14 +66,9 @@ def register_model(name: str, *, paper: str, dims: Sequence[int], default_loss: 
     """
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        for key in (name, *aliases):
-            if key in _MODELS or key in _ALIASES:
-                raise ValueError(f"model name {key!r} is registered twice")
-        _MODELS[name] = ModelEntry(name, builder, paper, tuple(dims), default_loss, input_multiple,
-                                   tuple(references), tuple(aliases), dict(defaults or {}),
-                                   dict(small_options or {}), exportable)
-        for alias in aliases:
-            _ALIASES[alias] = name
+        _MODELS.add(name, ModelEntry(name, builder, paper, tuple(dims), default_loss, input_multiple,
+                                    tuple(references), tuple(aliases), dict(defaults or {}),
+                                    dict(small_options or {}), exportable), aliases)
         return builder
 
     return decorate
@@ -76,30 +76,17 @@ def register_model(name: str, *, paper: str, dims: Sequence[int], default_loss: 
 
 def unregister_model(name: str) -> None:
     """Remove a model and its aliases from the registry (tests, plug-ins); unknown names are ignored."""
-    entry = _MODELS.pop(name, None)
-    if entry is not None:
-        for alias in entry.aliases:
-            _ALIASES.pop(alias, None)
-
-
-def _ensure_models_imported() -> None:
-    import medseg.models  # noqa: F401  (registers the zoo)
+    _MODELS.remove(name)
 
 
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for ``name`` or an alias; unknown names list the closest registered ones."""
-    _ensure_models_imported()
-    key = name.lower()
-    key = _ALIASES.get(key, key)
-    if key in _MODELS:
-        return _MODELS[key]
-    raise UnknownModelError(unknown_name_message("model", name, [*_MODELS, *_ALIASES]))
+    return _MODELS.get(name)
 
 
 def alias_defaults(name: str) -> dict[str, Any]:
     """Options implied by an alias (``unet3d`` means ``unet`` with ``spatial_dims=3``)."""
-    key = name.lower()
-    return {"spatial_dims": 3} if key.endswith("3d") and key in _ALIASES else {}
+    return {"spatial_dims": 3} if name.lower().endswith("3d") and _MODELS.is_alias(name) else {}
 
 
 def create_model(name: str, *, in_channels: int = 1, num_classes: int = 1, spatial_dims: int | None = None,
@@ -132,8 +119,7 @@ def create_model(name: str, *, in_channels: int = 1, num_classes: int = 1, spati
 
 def list_models() -> list[str]:
     """The registered model names, sorted (aliases not included)."""
-    _ensure_models_imported()
-    return sorted(_MODELS)
+    return _MODELS.names()
 
 
 def model_info(name: str) -> dict[str, Any]:
