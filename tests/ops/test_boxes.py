@@ -82,6 +82,16 @@ def test_batched_nms_is_nms_per_group() -> None:
     assert len(kept) > len(set(nms(boxes, scores, 0.4).tolist()))
 
 
+def test_batched_nms_on_many_boxes_runs_groups_apart_with_the_same_result() -> None:
+    boxes = random_boxes(1500, size=200.0, seed=9)
+    scores = torch.rand(1500, generator=torch.Generator().manual_seed(9))
+    groups = torch.randint(0, 4, (1500,), generator=torch.Generator().manual_seed(10))
+    kept = batched_nms(boxes, scores, groups, 0.5)  # > 1000 boxes: one NMS per group
+    offsets = groups.float()[:, None] * (boxes.max() + 1)
+    assert kept.tolist() == nms(boxes + offsets, scores, 0.5).tolist()  # the offset trick in one pass
+    assert (scores[kept][:-1] >= scores[kept][1:]).all()
+
+
 def test_nms_of_nothing_and_mismatched_input() -> None:
     assert nms(torch.zeros(0, 4), torch.zeros(0), 0.5).numel() == 0
     with pytest.raises(MedsegError, match="boxes"):

@@ -15,7 +15,7 @@ from medseg.ops.boxes import (
     paste_masks_in_image,
     remove_small_boxes,
 )
-from medseg.ops.roi_align import LevelMapper, MultiScaleRoIAlign, infer_scale, roi_align
+from medseg.ops.roi import LevelMapper, MultiScaleRoIAlign, infer_scale, roi_align
 
 __all__ = ["AnchorGenerator", "BoxCoder", "LevelMapper", "MultiScaleRoIAlign", "batched_nms", "box_area",
            "box_iou", "cell_anchors", "clip_boxes_to_image", "infer_scale", "nms", "paste_masks_in_image",

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from medseg.errors import MedsegError
 
+_NMS_BLOCK = 512
 BBOX_CLAMP = math.log(1000.0 / 16)
 """Largest log-size delta applied in :meth:`BoxCoder.decode` (torchvision's ``bbox_xform_clip``)."""
 
@@ -51,7 +52,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 
     The highest-scoring remaining box is kept and every box overlapping it with IoU > ``iou_threshold``
     is dropped, until none remain. Equal scores are visited in index order (a stable sort), so the
-    result is deterministic. IoUs are computed only for kept boxes (memory linear in N).
+    result is deterministic. IoUs are computed in blocks of rows (memory linear in N).
     """
     _ndim(boxes)
     if boxes.shape[0] != scores.shape[0]:
@@ -63,25 +64,36 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     d = sorted_boxes.shape[1] // 2
     low, high = sorted_boxes[:, :d], sorted_boxes[:, d:]
     areas = (high - low).prod(axis=1)
-    suppressed = np.zeros(len(sorted_boxes), dtype=bool)
+    n = len(sorted_boxes)
+    suppressed = np.zeros(n, dtype=bool)
     keep: list[int] = []
-    for i in range(len(sorted_boxes)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        rest = slice(i + 1, None)
-        inter = (np.minimum(high[i], high[rest]) - np.maximum(low[i], low[rest])).clip(min=0).prod(axis=1)
-        iou = inter / (areas[i] + areas[rest] - inter)
-        suppressed[rest] |= iou > iou_threshold
+    for block in range(0, n, _NMS_BLOCK):
+        # IoU of the block's still-unsuppressed rows against all later boxes at once
+        rows = block + np.flatnonzero(~suppressed[block:block + _NMS_BLOCK])
+        inter = np.ones((len(rows), n - block), dtype=np.float32)
+        for c in range(d):
+            inter *= (np.minimum(high[rows, None, c], high[None, block:, c]) -
+                      np.maximum(low[rows, None, c], low[None, block:, c])).clip(min=0)
+        over = inter / (areas[rows, None] + areas[None, block:] - inter) > iou_threshold
+        for r, i in enumerate(rows.tolist()):
+            if not suppressed[i]:
+                keep.append(i)
+                suppressed[block:] |= over[r]
     return order[torch.as_tensor(keep, dtype=torch.int64, device=order.device)]
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
     """NMS done independently per group (class or level) in one pass: each group's boxes are shifted
     by ``group * (max coordinate + 1)`` so boxes of different groups never overlap (torchvision's
-    coordinate-offset trick). Returns kept indices by decreasing score."""
+    coordinate-offset trick). Returns kept indices by decreasing score. Above 1000 boxes the groups
+    are run one by one instead (the same result, less work), as torchvision does on the CPU."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    if boxes.shape[0] > 1000:
+        kept = [idx[nms(boxes[idx], scores[idx], iou_threshold)]
+                for idx in (torch.where(groups == g)[0] for g in torch.unique(groups))]
+        keep = torch.cat(kept)
+        return keep[torch.sort(scores[keep], descending=True, stable=True).indices]
     offsets = groups.to(boxes) * (boxes.max() + 1)
     return nms(boxes + offsets[:, None], scores, iou_threshold)
 

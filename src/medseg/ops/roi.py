@@ -3,10 +3,11 @@
 Each RoI is divided into ``output_size`` bins; each bin is the average of ``sampling_ratio`` x
 ``sampling_ratio`` (x ``sampling_ratio``) bilinear samples at regularly spaced points, with no
 quantisation of the RoI or of the bins. The sampling rule is torchvision's / Detectron2's
-``ROIAlign`` kernel: a point more than one pixel outside the map contributes 0, a point in the last
-half pixel takes the border value; ``aligned=True`` shifts the box by -0.5 pixel so that a box corner
-``x`` means the continuous coordinate ``x`` (pixel centres at ``i + 0.5``). Written with tensor
-gathers, so it runs on any device and is differentiable with respect to the features.
+``ROIAlign`` kernel: a point more than one pixel outside the map contributes 0, a point within one
+pixel of the border takes the border value; ``aligned=True`` shifts the box by -0.5 pixel so that a box
+corner ``x`` means the continuous coordinate ``x`` (pixel centres at ``i + 0.5``). Written with
+``grid_sample`` (one call per image), so it runs on any device and is differentiable with respect to
+the features.
 """
 
 from __future__ import annotations
@@ -15,25 +16,16 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from medseg.errors import MedsegError
 
 
-def _axis_samples(start: Tensor, length: Tensor, bins: int, ratio: int, extent: int) -> tuple[Tensor, ...]:
-    """For ``K`` RoIs along one axis: low/high indices, their weights and the validity of the
-    ``bins * ratio`` sample points (each ``[K, bins * ratio]``)."""
+def _axis_samples(start: Tensor, length: Tensor, bins: int, ratio: int) -> Tensor:
+    """For ``K`` RoIs along one axis: the ``[K, bins * ratio]`` sample coordinates (pixel units)."""
     steps = (torch.arange(bins * ratio, device=start.device, dtype=start.dtype) + 0.5) / ratio
-    coords = start[:, None] + steps[None, :] * (length[:, None] / bins)
-    valid = (coords >= -1.0) & (coords <= extent)
-    coords = coords.clamp(min=0)
-    low = coords.floor().long()
-    at_end = low >= extent - 1
-    low = torch.where(at_end, torch.full_like(low, extent - 1), low)
-    high = torch.where(at_end, low, low + 1)
-    coords = torch.where(at_end, low.to(coords.dtype), coords)
-    frac = coords - low.to(coords.dtype)
-    return low, high, 1 - frac, frac, valid
+    return start[:, None] + steps[None, :] * (length[:, None] / bins)
 
 
 def roi_align(features: Tensor, rois: Tensor, output_size: int | Sequence[int], spatial_scale: float = 1.0,
@@ -77,26 +69,28 @@ def roi_align(features: Tensor, rois: Tensor, output_size: int | Sequence[int], 
         length = rois[:, 1 + d + column] * spatial_scale - offset - start
         if not aligned:
             length = length.clamp(min=1.0)
-        axes.append(_axis_samples(start, length, sizes[a], sampling_ratio, features.shape[2 + a]))
+        axes.append(_axis_samples(start, length, sizes[a], sampling_ratio))
     n = [sizes[a] * sampling_ratio for a in range(d)]
-    per_image = math.prod(features.shape[2:])
-    flat = features.transpose(0, 1).reshape(channels, -1)  # [C, B * prod(spatial)]
-    strides = [math.prod(features.shape[3 + a:]) for a in range(d)]
-    out = features.new_zeros((channels, k, math.prod(n)))
-    for corner in range(2 ** d):
-        index = (batch * per_image).view(k, *[1] * d)
-        weight = torch.ones((k, *[1] * d), dtype=features.dtype, device=features.device)
-        for a in range(d):
-            low, high, w_low, w_high, valid = axes[a]
-            take_high = (corner >> a) & 1
-            shape = [k] + [n[b] if b == a else 1 for b in range(d)]
-            index = index + (high if take_high else low).view(shape) * strides[a]
-            weight = weight * ((w_high if take_high else w_low) * valid).view(shape)
-        index, weight = index.expand(k, *n).reshape(-1), weight.expand(k, *n).reshape(k, -1)
-        out = out + flat.index_select(1, index).view(channels, k, -1) * weight
-    out = out.transpose(0, 1).contiguous()
+    # bilinear samples by grid_sample: "border" clamps to the edge pixels (the kernel's rule within one
+    # pixel of the map) and points further out are zeroed by ``valid``
+    valid = torch.ones((k, *[1] * d), dtype=features.dtype, device=features.device)
+    grids = []
+    for a in range(d):
+        shape = [k] + [n[b] if b == a else 1 for b in range(d)]
+        extent = features.shape[2 + a]
+        valid = valid * ((axes[a] >= -1.0) & (axes[a] <= extent)).to(features.dtype).view(shape)
+        grids.append(((2 * axes[a] + 1) / extent - 1).view(shape).expand(k, *n))
+    grid = torch.stack(grids[::-1], dim=-1)  # [K, *n, d] with x first
+    out = features.new_zeros((k, channels, *n))
+    for b in torch.unique(batch).tolist():
+        chosen = torch.where(batch == b)[0]
+        g = grid[chosen].reshape(1, -1, *n[1:], d)
+        sampled = F.grid_sample(features[b:b + 1], g, mode="bilinear", padding_mode="border",
+                                align_corners=False)
+        out[chosen] = sampled.view(channels, chosen.numel(), *n).transpose(0, 1).to(out.dtype)
+    out = out * valid[:, None]
     # average the sampling_ratio^d samples of each bin
-    out = out.view(k, channels, *[v for a in range(d) for v in (sizes[a], sampling_ratio)])
+    out = out.reshape(k, channels, *[v for a in range(d) for v in (sizes[a], sampling_ratio)])
     return out.mean(dim=tuple(3 + 2 * a for a in range(d)))
 
 
