@@ -268,6 +268,11 @@ def test_torchvision_weight_files_load_in_either_key_layout(tmp_path) -> None:
     for key in ("backbone.body.layer1.0.bn1.running_mean", "rpn.head.conv.weight",
                 "roi_heads.mask_head.mask_fcn4.weight", "backbone.fpn.inner_blocks.2.bias"):
         assert torch.equal(loaded[key], state[key]), key
+    from_file = small(num_classes=4, weights=path)  # weights: frozen BN, conv1 and layer1 frozen
+    assert torch.equal(from_file.state_dict()["roi_heads.box_predictor.cls_score.weight"],
+                       state["roi_heads.box_predictor.cls_score.weight"])
+    assert not from_file.backbone.body.conv1.weight.requires_grad
+    assert from_file.backbone.body.layer2[0].conv1.weight.requires_grad
     torch.save({k: v for k, v in state.items() if not k.startswith("rpn.")}, path)
     with pytest.raises(MedsegError, match="missing: rpn.head"):
         small(num_classes=4).load_torchvision_weights(path)
