@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from medseg.errors import MedsegError
 
 SUPPORTED_DIMS = (2, 3)
-NORMS = ("batch", "group", "instance", "layer", "none")
+NORMS = ("batch", "frozen_batch", "group", "instance", "layer", "none")
 ACTIVATIONS = ("relu", "leaky_relu", "prelu", "gelu", "elu", "none")
 Padding = int | Literal["same", "valid"]
 
@@ -110,6 +110,35 @@ class ChannelLayerNorm(nn.Module):
         return x * self.weight.view(shape) + self.bias.view(shape)
 
 
+class FrozenBatchNorm(nn.Module):
+    """Batch norm with fixed statistics and affine: ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
+
+    All four tensors are buffers (no parameters, never updated), as torchvision's ``FrozenBatchNorm2d`` in
+    its detection backbones; the state-dict keys are BatchNorm's (``weight``, ``bias``, ``running_mean``,
+    ``running_var``) so BN weight files load (their ``num_batches_tracked`` is dropped). 2D and 3D.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(channels))
+        self.register_buffer("bias", torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        return x * scale.view(shape) + shift.view(shape)
+
+
 def group_count(channels: int, requested: int) -> int:
     """The largest number of groups <= ``requested`` that divides ``channels``."""
     return math.gcd(channels, requested) if requested > 0 else 1
@@ -117,11 +146,14 @@ def group_count(channels: int, requested: int) -> int:
 
 def norm(kind: str | None, spatial_dims: int, channels: int, num_groups: int = 8,
          affine: bool = True) -> nn.Module:
-    """A normalisation layer: ``batch``, ``group``, ``instance``, ``layer`` (channel-wise) or ``none``."""
+    """A normalisation layer: ``batch``, ``frozen_batch`` (:class:`FrozenBatchNorm`), ``group``,
+    ``instance``, ``layer`` (channel-wise) or ``none``."""
     check_spatial_dims(spatial_dims)
     kind = (kind or "none").lower()
     if kind == "batch":
         return _pick(spatial_dims, nn.BatchNorm2d, nn.BatchNorm3d)(channels, affine=affine)
+    if kind == "frozen_batch":
+        return FrozenBatchNorm(channels)
     if kind == "instance":
         return _pick(spatial_dims, nn.InstanceNorm2d, nn.InstanceNorm3d)(channels, affine=affine)
     if kind == "group":

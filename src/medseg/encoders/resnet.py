@@ -1,4 +1,4 @@
-"""ResNet-18/34/50 encoders (He et al. 2016, "Deep Residual Learning", Table 1), 2D and 3D.
+"""ResNet-18/34/50/101 encoders (He et al. 2016, "Deep Residual Learning", Table 1), 2D and 3D.
 
 Module names follow timm's ``ResNet`` (``conv1``, ``bn1``, ``layer1``..``layer4`` of
 :class:`~medseg.blocks.residual.ResidualBlock` / :class:`~medseg.blocks.residual.BottleneckBlock`), so a
@@ -46,14 +46,17 @@ class ResNetEncoder(Encoder):
         bottleneck: bottleneck units (output = width * 4) instead of basic units.
         widths: base widths of the four stages.
         stem_width: output channels of the 7x7 stem conv.
+        norm: the trunk's normalisation (:func:`medseg.layers.norm`): ``batch``, or ``frozen_batch`` for
+            torchvision's detection backbones (statistics and affine as buffers), ``group``, ...
     """
 
     expansion_bottleneck = 4
 
     def __init__(self, in_channels: int = 3, spatial_dims: int = 2, depths: Sequence[int] = (2, 2, 2, 2),
                  bottleneck: bool = False, widths: Sequence[int] = STAGE_WIDTHS,
-                 stem_width: int = 64) -> None:
+                 stem_width: int = 64, norm: str = "batch") -> None:
         super().__init__()
+        self.norm = norm  # read by make_stem / make_block while the trunk is built
         layers.check_spatial_dims(spatial_dims)
         if len(widths) != 4 or len(depths) != 4:
             raise MedsegError(f"ResNet widths and depths need 4 values each, got {list(widths)} and "
@@ -81,7 +84,7 @@ class ResNetEncoder(Encoder):
     def make_stem(self, spatial_dims: int, in_channels: int, stem_width: int) -> int:
         """The 7x7 stride-2 conv, BN and ReLU (timm's ``conv1``/``bn1``/``act1``); returns its channels."""
         self.conv1 = layers.conv(spatial_dims, in_channels, stem_width, 7, 2, padding=3, bias=False)
-        self.bn1 = layers.norm("batch", spatial_dims, stem_width)
+        self.bn1 = layers.norm(self.norm, spatial_dims, stem_width)
         self.act1 = layers.activation("relu")
         self.first_conv = "conv1.weight"
         return stem_width
@@ -90,8 +93,8 @@ class ResNetEncoder(Encoder):
                    first: bool) -> nn.Module:
         """One residual unit of a stage (``first``: the stage's first block)."""
         if self.bottleneck:
-            return BottleneckBlock(spatial_dims, in_channels, width, stride)
-        return ResidualBlock(spatial_dims, in_channels, width, stride)
+            return BottleneckBlock(spatial_dims, in_channels, width, stride, norm=self.norm)
+        return ResidualBlock(spatial_dims, in_channels, width, stride, norm=self.norm)
 
     def stem(self, x: Tensor) -> Tensor:
         return self.act1(self.bn1(self.conv1(x)))
@@ -126,4 +129,11 @@ def resnet34(in_channels: int = 3, spatial_dims: int = 2, **options: object) -> 
 def resnet50(in_channels: int = 3, spatial_dims: int = 2, **options: object) -> ResNetEncoder:
     """ResNet-50: bottleneck units, depths (3, 4, 6, 3); channels [64, 256, 512, 1024, 2048]."""
     options = {"depths": (3, 4, 6, 3), **options}
+    return ResNetEncoder(in_channels, spatial_dims, bottleneck=True, **options)  # type: ignore[arg-type]
+
+
+@register_encoder("resnet101", paper=_PAPER, dims=(2, 3), params=42_500_160, timm_name="resnet101")
+def resnet101(in_channels: int = 3, spatial_dims: int = 2, **options: object) -> ResNetEncoder:
+    """ResNet-101: bottleneck units, depths (3, 4, 23, 3); channels [64, 256, 512, 1024, 2048]."""
+    options = {"depths": (3, 4, 23, 3), **options}
     return ResNetEncoder(in_channels, spatial_dims, bottleneck=True, **options)  # type: ignore[arg-type]

@@ -44,6 +44,9 @@ class ModelEntry:
     defaults: dict[str, Any] = field(default_factory=dict)
     small_options: dict[str, Any] = field(default_factory=dict)
     exportable: bool = True
+    task: str = "semantic"
+    """``semantic`` (the zoo's forward contract: logits at the input size) or ``instance`` (a detector
+    with its own contract, e.g. Mask R-CNN: images and targets in, losses or detections out)."""
 
 
 def _import_zoo() -> None:
@@ -56,19 +59,21 @@ _MODELS: Registry[ModelEntry] = Registry("model", populate=_import_zoo, error=Un
 def register_model(name: str, *, paper: str, dims: Sequence[int], default_loss: str, input_multiple: int,
                    references: Sequence[Reference] = (), aliases: Sequence[str] = (),
                    defaults: dict[str, Any] | None = None, small_options: dict[str, Any] | None = None,
-                   exportable: bool = True) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+                   exportable: bool = True, task: str = "semantic"
+                   ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Class or function decorator that registers a model builder under ``name``.
 
     The builder is called as ``builder(in_channels=..., num_classes=..., spatial_dims=..., **options)``.
     ``defaults`` are option values used when the caller gives none. ``small_options`` build a small
     instance of the same topology (narrow widths) for the shared model test and quick demos.
     ``exportable`` says whether the eval-mode model can be exported (TorchScript or ``torch.export``).
+    ``task`` is ``semantic`` (the shared forward contract) or ``instance`` (its own contract).
     """
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _MODELS.add(name, ModelEntry(name, builder, paper, tuple(dims), default_loss, input_multiple,
                                     tuple(references), tuple(aliases), dict(defaults or {}),
-                                    dict(small_options or {}), exportable), aliases)
+                                    dict(small_options or {}), exportable, task), aliases)
         return builder
 
     return decorate
@@ -135,6 +140,7 @@ def model_info(name: str) -> dict[str, Any]:
         "references": [r.as_dict() for r in entry.references],
         "small_options": dict(entry.small_options),
         "exportable": entry.exportable,
+        "task": entry.task,
     }
 
 
