@@ -83,6 +83,7 @@ from medseg.layers import resize_to
 from medseg.losses import build_loss
 from medseg.losses.deep_supervision import resize_nearest
 from medseg.metrics import evaluate_case
+from medseg.models.pointrend import wrap_pointrend
 from medseg.outputs import main_logits
 from medseg.registry import create_model, model_info
 
@@ -483,6 +484,10 @@ class Trainer:
                              spatial_dims=plan.spatial_dims, **self.options).to(device)
         if config.model.encoder_weights is not None and not resume:  # on resume the checkpoint has them
             load_encoder_file(model, config.model.encoder_weights)
+        self.pointrend = None  # PointRend wraps the network after its encoder weights, before init_from
+        if config.model.pointrend is not None:
+            self.pointrend = config.model.pointrend.model_options(config.data.label_mode)
+            model = wrap_pointrend(model, self.pointrend, num_classes=plan.num_classes).to(device)
         if config.model.init_from is not None and not resume:
             load_init_file(model, config.model.init_from, config.model.init_skip_mismatched)
         if train.channels_last:
@@ -494,7 +499,10 @@ class Trainer:
         if train.compile:
             self.net = torch.compile(self.net)
         default_loss = model_info(config.model.name)["default_loss"]  # every registered model names one
-        self.loss_fn = build_loss(config.loss.build_spec(config.data.label_mode, default_loss)).to(device)
+        loss_spec = config.loss.build_spec(config.data.label_mode, default_loss)
+        if config.model.pointrend is not None:  # the point loss on top of the loss of the coarse logits
+            loss_spec["pointrend"] = {"weight": config.model.pointrend.point_loss_weight}
+        self.loss_fn = build_loss(loss_spec).to(device)
         self.multi_scale = None
         if train.multi_scale is not None:
             multiple = (getattr(model, "input_multiple", None)
@@ -564,6 +572,7 @@ class Trainer:
         return make_checkpoint(
             saved, name=self.config.model.name, in_channels=self.plan.in_channels,
             num_classes=self.plan.num_classes, spatial_dims=self.plan.spatial_dims, options=self.options,
+            pointrend=self.pointrend,
             label_mode=self.config.data.label_mode, class_names=self.plan.class_names,
             preprocessing=self.plan.cache.preprocessor.to_dict(), inference=inference,
             config=config_to_dict(self.config), training=training)
