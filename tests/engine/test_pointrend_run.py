@@ -11,11 +11,14 @@ import torch
 from helpers import tiny_config
 from medseg.data.io import read_mask
 from medseg.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
-from medseg.engine.config import ConfigError, config_from_dict
+from medseg.engine.config import ConfigError, config_from_dict, load_config
 from medseg.engine.predict import predict_paths
 from medseg.engine.trainer import train
 from medseg.losses import PointRendLoss
-from medseg.models.pointrend import PointRend
+from medseg.models.pointrend import PointRend, wrap_pointrend
+from medseg.registry import create_model
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def test_config_switch_validates_its_keys(tmp_path: Path) -> None:
@@ -30,6 +33,16 @@ def test_config_switch_validates_its_keys(tmp_path: Path) -> None:
     settings["model"]["pointrend"] = {"importance": 1.5}
     with pytest.raises(ConfigError, match="model.pointrend.importance"):
         config_from_dict(settings)
+
+
+def test_unet_preset_builds_the_wrapped_model() -> None:
+    config = load_config(CONFIGS / "unet-pointrend-polyp.yaml")
+    options = config.model.pointrend.model_options(config.data.label_mode)
+    unet = create_model("unet", in_channels=3, num_classes=1, **config.model.options)
+    model = wrap_pointrend(unet, options, num_classes=1).eval()
+    assert model.backbone.fine_channels == 128 and model.subdivision_points == 8192
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1, 64, 64)
 
 
 @pytest.mark.slow
