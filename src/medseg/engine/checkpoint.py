@@ -4,7 +4,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts only 
 ``torch.load(..., weights_only=True)`` accepts), laid out as::
 
     format, medseg_version
-    model: {name, in_channels, num_classes, spatial_dims, options}     # enough to rebuild the network
+    model: {name, in_channels, num_classes, spatial_dims, options[, pointrend]}   # rebuilds the network
     state_dict                                                         # the weights
     label_mode, class_names, preprocessing (Preprocessor.to_dict()), inference, config (resolved, plain)
     training: {epoch, global_step, best_score, epochs_without_improvement,    # only for --resume
@@ -34,6 +34,7 @@ from medseg import __version__
 from medseg.encoders.base import read_state_dict
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_path
+from medseg.models.pointrend import wrap_pointrend
 from medseg.models.registry import create_model
 
 logger = logging.getLogger(__name__)
@@ -184,15 +185,20 @@ def make_checkpoint(model: nn.Module, *, name: str, in_channels: int, num_classe
                     options: Mapping[str, Any] | None = None, label_mode: str = "binary",
                     class_names: list[str] | None = None, preprocessing: Mapping[str, Any] | None = None,
                     inference: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
-                    training: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    training: Mapping[str, Any] | None = None,
+                    pointrend: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint dict for ``model`` (unwrapped; weights copied to the CPU): what ``predict`` needs to
-    rebuild and run it, plus ``training`` (see :func:`training_state`) for resuming."""
+    rebuild and run it, plus ``training`` (see :func:`training_state`) for resuming. ``pointrend``: the
+    options of :func:`medseg.models.pointrend.wrap_pointrend` when ``model`` is wrapped in PointRend."""
     weights = {k: v.detach().cpu().clone() for k, v in unwrap_model(model).state_dict().items()}
+    record = {"name": name, "in_channels": int(in_channels), "num_classes": int(num_classes),
+              "spatial_dims": int(spatial_dims), "options": dict(options or {})}
+    if pointrend is not None:
+        record["pointrend"] = dict(pointrend)
     return {
         "format": CHECKPOINT_FORMAT,
         "medseg_version": __version__,
-        "model": {"name": name, "in_channels": int(in_channels), "num_classes": int(num_classes),
-                  "spatial_dims": int(spatial_dims), "options": dict(options or {})},
+        "model": record,
         "state_dict": weights,
         "label_mode": label_mode,
         "class_names": list(class_names) if class_names is not None else None,
@@ -318,6 +324,8 @@ def build_model_from_checkpoint(ckpt: Mapping[str, Any] | str | Path) -> nn.Modu
         model = create_model(record["name"], in_channels=record["in_channels"],
                              num_classes=record["num_classes"], spatial_dims=record["spatial_dims"],
                              **record.get("options", {}))
+        if record.get("pointrend") is not None:
+            model = wrap_pointrend(model, record["pointrend"], num_classes=record["num_classes"])
     except MedsegError as exc:
         raise CheckpointError(f"checkpoint {_checkpoint_name(ckpt, source)}: {exc}") from None
     load_model_weights(model, ckpt, source)

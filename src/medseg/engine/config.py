@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +33,7 @@ from medseg.fileio import write_text_atomically
 
 __all__ = [
     "AugmentationConfig", "ConfigError", "DataConfig", "InferenceConfig", "LossConfig", "ModelConfig",
-    "OptimConfig", "ParamGroupConfig", "PostprocessConfig", "RunConfig", "ScheduleConfig",
+    "OptimConfig", "ParamGroupConfig", "PointRendConfig", "PostprocessConfig", "RunConfig", "ScheduleConfig",
     "SyntheticDataConfig", "TrainConfig", "VAL_METRICS", "apply_overrides", "config_from_dict",
     "config_to_dict", "dataclass_from_dict", "load_config", "lr_factor_function", "register_schedule",
     "save_config", "schedule_names",
@@ -135,6 +135,29 @@ class DataConfig:
 
 
 @dataclass
+class PointRendConfig:
+    """``model.pointrend``: wrap the model in PointRend (:class:`medseg.models.pointrend.PointRend`) and add
+    its point loss (weight ``point_loss_weight``) to the training loss. ``points``: training points per
+    sample (null: one per 256 input pixels/voxels, 2048 at 512x1024); ``oversample`` k and ``importance``
+    beta of the training selection; ``subdivision_points`` refined per inference step, at most ``steps``
+    steps (null: up to the input size); ``every_layer``: coarse logits into every point-head layer."""
+
+    points: int | None = bounded(None, ge=1)
+    oversample: float = bounded(3.0, ge=1)
+    importance: float = bounded(0.75, ge=0, le=1)
+    subdivision_points: int = bounded(8192, ge=1)
+    steps: int | None = bounded(None, ge=0)
+    every_layer: bool = False
+    point_loss_weight: float = bounded(1.0, ge=0)
+
+    def model_options(self, label_mode: str) -> dict[str, Any]:
+        """The options of :func:`medseg.models.pointrend.wrap_pointrend` (stored in checkpoints)."""
+        options = {f.name: getattr(self, f.name) for f in fields(self)}
+        del options["point_loss_weight"]
+        return {**options, "mode": label_mode}
+
+
+@dataclass
 class ModelConfig:
     """``medseg.create_model(name, in_channels, num_classes, spatial_dims, **options)``; None values are
     derived from the data (channels of the images, :meth:`DataConfig.output_channels`, image dims).
@@ -143,7 +166,8 @@ class ModelConfig:
     (``.pt``/``.pth``/``.safetensors``), weights only (no optimiser or epoch state: that is resuming;
     not applied on resume); every key and shape must fit unless ``init_skip_mismatched``, which keeps the
     model's own initialisation for the tensors whose shapes differ (e.g. the head for another class
-    count) and logs them."""
+    count) and logs them. ``pointrend`` (a mapping, ``{}`` for the defaults) wraps the model in PointRend
+    (:class:`PointRendConfig`)."""
 
     name: str = "unet"
     in_channels: int | None = bounded(None, ge=1)
@@ -153,6 +177,7 @@ class ModelConfig:
     encoder_weights: str | None = None
     init_from: str | None = None
     init_skip_mismatched: bool = False
+    pointrend: PointRendConfig | None = None
 
     def check(self, key: str) -> None:
         from medseg.models.registry import get_entry

@@ -52,6 +52,7 @@ from medseg.errors import MedsegError
 from medseg.layers import resize_to
 from medseg.losses import build_loss
 from medseg.losses.deep_supervision import resize_nearest
+from medseg.models.pointrend import wrap_pointrend
 from medseg.models.registry import create_model, model_info
 
 logger = logging.getLogger(__name__)
@@ -332,6 +333,13 @@ class ModelEMA:
                 value.copy_(current[key])
 
 
+def pointrend_options(config: RunConfig) -> dict[str, Any] | None:
+    """The options of the PointRend wrap (``model.pointrend``), as stored in the checkpoint, or None."""
+    if config.model.pointrend is None:
+        return None
+    return config.model.pointrend.model_options(config.data.label_mode)
+
+
 def build_model(config: RunConfig, data: DataPlan, device: torch.device,
                 resume: bool) -> tuple[nn.Module, dict[str, Any]]:
     """The model on ``device`` and its options; on a new run with ``model.encoder_weights`` /
@@ -341,6 +349,9 @@ def build_model(config: RunConfig, data: DataPlan, device: torch.device,
                          spatial_dims=data.spatial_dims, **options).to(device)
     if config.model.encoder_weights is not None and not resume:
         load_encoder_file(model, config.model.encoder_weights)
+    pointrend = pointrend_options(config)  # wraps the network after its encoder weights, before init_from
+    if pointrend is not None:
+        model = wrap_pointrend(model, pointrend, num_classes=data.num_classes).to(device)
     if config.model.init_from is not None and not resume:
         load_init_file(model, config.model.init_from, config.model.init_skip_mismatched)
     if config.train.channels_last:
@@ -387,7 +398,10 @@ def plan_training(config: RunConfig, data: DataPlan, ctx: DistributedContext, de
     if train.compile:
         net = torch.compile(net)
     default_loss = model_info(config.model.name)["default_loss"]  # every registered model names one
-    loss_fn = build_loss(config.loss.build_spec(config.data.label_mode, default_loss)).to(device)
+    loss_spec = config.loss.build_spec(config.data.label_mode, default_loss)
+    if config.model.pointrend is not None:  # the point loss on top of the loss of the coarse logits
+        loss_spec["pointrend"] = {"weight": config.model.pointrend.point_loss_weight}
+    loss_fn = build_loss(loss_spec).to(device)
     multi_scale = None
     if train.multi_scale is not None:
         multiple = getattr(model, "input_multiple", None) or model_info(config.model.name)["input_multiple"]

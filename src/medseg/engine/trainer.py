@@ -69,6 +69,7 @@ from medseg.engine.plan import (
     load_encoder_file,
     load_init_file,
     plan_training,
+    pointrend_options,
     prepare_data,
     seed_everything,
 )
@@ -191,7 +192,8 @@ class Trainer:
         return make_checkpoint(
             saved, name=self.config.model.name, in_channels=self.plan.in_channels,
             num_classes=self.plan.num_classes, spatial_dims=self.plan.spatial_dims, options=self.options,
-            label_mode=self.config.data.label_mode, class_names=self.plan.class_names,
+            pointrend=pointrend_options(self.config), label_mode=self.config.data.label_mode,
+            class_names=self.plan.class_names,
             preprocessing=self.plan.cache.preprocessor.to_dict(), inference=inference,
             config=config_to_dict(self.config), training=training)
 

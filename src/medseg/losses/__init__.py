@@ -27,6 +27,7 @@ from medseg.losses.pixel import (
     FocalLoss,
     WeightedCrossEntropyLoss,
 )
+from medseg.losses.pointrend import PointRendLoss, point_loss
 from medseg.losses.region import DiceLoss, FocalTverskyLoss, GeneralizedDiceLoss, JaccardLoss, TverskyLoss
 from medseg.losses.registry import create_loss, list_losses, loss_options, register_loss, unregister_loss
 from medseg.losses.structure import StructureLoss, edge_weights
@@ -51,6 +52,7 @@ __all__ = [
     "JaccardLoss",
     "LossNet",
     "M2SNetLoss",
+    "PointRendLoss",
     "SegLoss",
     "StructureLoss",
     "Targets",
@@ -63,6 +65,7 @@ __all__ = [
     "edge_weights",
     "list_losses",
     "loss_options",
+    "point_loss",
     "prepare_targets",
     "residual_targets",
     "register_loss",

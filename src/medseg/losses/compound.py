@@ -205,9 +205,10 @@ class CompoundLoss(nn.Module):
         return ", ".join(f"{name}={weight:g}" for name, weight in self.weights.items())
 
 
-CONFIG_KEYS = ("losses", "mode", "include_background", "ignore_index", "deep_supervision")
+CONFIG_KEYS = ("losses", "mode", "include_background", "ignore_index", "deep_supervision", "pointrend")
 SHARED_KEYS = ("mode", "include_background", "ignore_index")
 DEEP_SUPERVISION_KEYS = ("weights", "resize")
+POINTREND_KEYS = ("weight",)
 
 
 def _term(entry: Any, index: int, shared: Mapping[str, Any]) -> tuple[str, nn.Module, float]:
@@ -229,16 +230,20 @@ def _term(entry: Any, index: int, shared: Mapping[str, Any]) -> tuple[str, nn.Mo
         raise MedsegError(f"{where}: {exc}") from None
 
 
-def _deep_supervision_options(value: Any) -> dict[str, Any] | None:
+def _wrapper_options(value: Any, name: str, keys: Sequence[str]) -> dict[str, Any] | None:
+    """The options of a loss wrapper given as true, false/None or a mapping of ``keys``."""
     if value is None or value is False:
         return None
     if value is True:
         return {}
     if not isinstance(value, Mapping):
-        raise MedsegError(f"deep_supervision must be true, false or a mapping, got {value!r}")
-    check_keys([f"deep_supervision.{key}" for key in value],
-               [f"deep_supervision.{key}" for key in DEEP_SUPERVISION_KEYS], "key(s)")
+        raise MedsegError(f"{name} must be true, false or a mapping, got {value!r}")
+    check_keys([f"{name}.{key}" for key in value], [f"{name}.{key}" for key in keys], "key(s)")
     return dict(value)
+
+
+def _deep_supervision_options(value: Any) -> dict[str, Any] | None:
+    return _wrapper_options(value, "deep_supervision", DEEP_SUPERVISION_KEYS)
 
 
 def build_loss(config: str | Mapping[str, Any]) -> nn.Module:
@@ -247,7 +252,9 @@ def build_loss(config: str | Mapping[str, Any]) -> nn.Module:
     ``{"losses": [{"name": "dice", "weight": 1}, {"name": "ce", "weight": 1, ...options}],
     "mode": "multiclass", "include_background": false, "ignore_index": 255, "deep_supervision": true}``.
     ``mode``, ``include_background`` and ``ignore_index`` are passed to every term that takes them (a term's
-    own value wins). ``deep_supervision`` is a bool or ``{"weights": [...], "resize": "target"|"output"}``.
+    own value wins). ``deep_supervision`` is a bool or ``{"weights": [...], "resize": "target"|"output"}``;
+    ``pointrend`` a bool or ``{"weight": w}`` (:class:`~medseg.losses.pointrend.PointRendLoss`, applied
+    outermost with the config's ``mode`` and ``ignore_index``).
     One term of weight 1 is returned as is, several as a :class:`CompoundLoss`.
     """
     from medseg.losses.deep_supervision import DeepSupervisionLoss
@@ -266,4 +273,12 @@ def build_loss(config: str | Mapping[str, Any]) -> nn.Module:
     terms = [_term(entry, index, shared) for index, entry in enumerate(entries)]
     loss = terms[0][1] if len(terms) == 1 and terms[0][2] == 1.0 else CompoundLoss(terms)
     ds_options = _deep_supervision_options(config.get("deep_supervision"))
-    return loss if ds_options is None else DeepSupervisionLoss(loss, **ds_options)
+    if ds_options is not None:
+        loss = DeepSupervisionLoss(loss, **ds_options)
+    pointrend = _wrapper_options(config.get("pointrend"), "pointrend", POINTREND_KEYS)
+    if pointrend is not None:
+        from medseg.losses.pointrend import PointRendLoss
+
+        loss = PointRendLoss(loss, mode=config.get("mode", "auto"), ignore_index=config.get("ignore_index"),
+                             **pointrend)
+    return loss

@@ -80,8 +80,14 @@ class M2SNet(SegmentationModel):
                                   for _ in range(len(widths) - 2))
         self.head = layers.conv(spatial_dims, channels, num_classes, 3)
 
-    def forward(self, x: Tensor) -> Tensor:
-        self.check_input(x)
+    @property
+    def fine_channels(self) -> int:
+        """Channels of the fine map of :meth:`coarse_and_fine` (the decoder width)."""
+        return int(self.head.in_channels)
+
+    def coarse_and_fine(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """PointRend's protocol: the logits at the finest pyramid level (1/4 with ResNet-family encoders)
+        and the feature the head reads there, ``up(o2) + C1`` (``channels`` wide)."""
         features = self.encoder(x)
         if self.stem_pool is not None:
             features = [self.stem_pool(features[0]), *features[1:]]
@@ -90,7 +96,12 @@ class M2SNet(SegmentationModel):
         for fuse, c in zip(self.fuse, complementary[:0:-1], strict=True):
             y = fuse(layers.resize_to(y, list(c.shape[2:])) + c)
         finest = complementary[0]
-        logits = self.head(layers.resize_to(y, list(finest.shape[2:])) + finest)
+        fine = layers.resize_to(y, list(finest.shape[2:])) + finest
+        return self.head(fine), fine
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        logits, _ = self.coarse_and_fine(x)
         return layers.resize_to(logits, list(x.shape[2:]))
 
 

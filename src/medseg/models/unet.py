@@ -290,6 +290,54 @@ class UNet(SegmentationModel):
         smallest = self.smallest_valid_size()
         return f"{smallest} + k * {self.input_multiple} (valid padding, depth {self.depth})"
 
+    # --- PointRend (medseg.models.pointrend) ---
+
+    def pointrend_backbone(self) -> UNetPointRendBackbone:
+        """This U-Net cut at stride 4 with a 1x1 coarse head: what :class:`~medseg.models.pointrend.PointRend`
+        wraps (the point head replaces the decoder levels above stride 4)."""
+        return UNetPointRendBackbone(self)
+
+
+POINTREND_STRIDE = 4
+"""The stride of PointRend's coarse prediction and fine features (the paper's P2 / HRNet's 1/4)."""
+
+
+class UNetPointRendBackbone(SegmentationModel):
+    """A U-Net's PointRend protocol: ``coarse_and_fine(x) -> (coarse logits, fine features)`` at stride 4.
+
+    The contracting path and the expansive path down to stride 4 are the U-Net's own modules (shared, not
+    copied); the decoder feature at stride 4 (``4 * features`` channels: 256 for the paper's 64) is the fine
+    map as it is (no projection), and a new 1x1 conv on it gives the coarse logits, as PointRend's semantic
+    FPN head predicts at stride 4. The U-Net's levels above stride 4 and its final head are not part of it:
+    the point head takes their place (faithful to PointRend, cheaper, and no unused parameters under DDP).
+
+    Needs ``padding="same"``, ``depth >= 2`` and concatenation skips (SDI skips read all levels at once).
+    """
+
+    def __init__(self, unet: UNet) -> None:
+        super().__init__()
+        if unet.padding != "same" or unet.depth < 2 or unet.skips is not None:
+            raise MedsegError(f"PointRend over a U-Net needs padding 'same', depth >= 2 and skip 'concat', "
+                              f"got padding {unet.padding!r}, depth {unet.depth}, skip "
+                              f"{'sdi' if unet.skips is not None else 'concat'!r}")
+        self.spatial_dims = unet.spatial_dims
+        self.input_multiple = unet.input_multiple
+        self.encoder = unet.encoder
+        # decoder level j produces the output at stride 2 ** (depth - 1 - j): keep those down to stride 4
+        self.levels = nn.ModuleList(list(unet.decoder.levels)[:unet.depth - 2])
+        self.fine_channels = int(unet.encoder.channels[2])
+        num_classes = int(unet.head[-1].out_channels)
+        self.coarse_head = SegmentationHead(unet.spatial_dims, self.fine_channels, num_classes)
+
+    def coarse_and_fine(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Coarse logits ``[B, K, *spatial / 4]`` and the stride-4 decoder feature (``4 * features``
+        channels)."""
+        features = self.encoder(x)
+        y = features[-1]
+        for i, level in enumerate(self.levels):
+            y = level(y, features[-2 - i])
+        return self.coarse_head(y), y
+
 
 PAPER = ("Ronneberger et al. 2015, U-Net: Convolutional Networks for Biomedical Image Segmentation (MICCAI); "
          "3D: Çiçek et al. 2016, 3D U-Net (MICCAI)")
