@@ -2,6 +2,7 @@
 
 from medseg.models.attention_unet import AttentionUNet
 from medseg.models.conresnet import ConResNet
+from medseg.models.hrnet import HRNet
 from medseg.models.m2snet import M2SNet, MSNet
 from medseg.models.r2unet import R2UNet
 from medseg.models.unet import UNet, UNetDecoder, UNetEncoder
@@ -11,6 +12,6 @@ from medseg.models.unext import UNeXt
 from medseg.models.vnet import VNet
 
 __all__ = [
-    "AttentionUNet", "ConResNet", "EncoderUNet", "M2SNet", "MSNet", "R2UNet", "UNeXt", "UNet",
+    "AttentionUNet", "ConResNet", "EncoderUNet", "HRNet", "M2SNet", "MSNet", "R2UNet", "UNeXt", "UNet",
     "UNetDecoder", "UNetEncoder", "UNetPlusPlus", "UNetV2", "VNet",
 ]
