@@ -110,7 +110,7 @@ class FuseLayer(nn.ModuleList):
 
     def __init__(self, spatial_dims: int, channels: Sequence[int], outputs: int | None = None,
                  upsample: str = "nearest") -> None:
-        self.upsample_mode = check_choice("fuse upsample", upsample, FUSE_UPSAMPLINGS)
+        mode = str(check_choice("fuse upsample", upsample, FUSE_UPSAMPLINGS))
         n = len(channels)
         outputs = n if outputs is None else outputs
         if not 1 <= outputs <= n:
@@ -131,6 +131,7 @@ class FuseLayer(nn.ModuleList):
                         for s in range(steps)]))
             rows.append(nn.ModuleList(row))
         super().__init__(rows)
+        self.upsample_mode = mode
 
     def forward(self, x: list[Tensor]) -> list[Tensor]:
         outputs: list[Tensor] = []
