@@ -4,6 +4,7 @@ from medseg.models.attention_unet import AttentionUNet
 from medseg.models.conresnet import ConResNet
 from medseg.models.m2snet import M2SNet, MSNet
 from medseg.models.mask_rcnn import MaskRCNN
+from medseg.models.pspnet import PSPNet
 from medseg.models.r2unet import R2UNet
 from medseg.models.registry import (
     Reference,
@@ -22,7 +23,7 @@ from medseg.models.vnet import VNet
 
 __all__ = [
     "AttentionUNet", "ConResNet", "EncoderUNet", "M2SNet", "MSNet", "MaskRCNN", "R2UNet", "UNeXt", "UNet",
-    "UNetDecoder", "UNetEncoder", "UNetPlusPlus", "UNetV2", "VNet",
+    "PSPNet", "UNetDecoder", "UNetEncoder", "UNetPlusPlus", "UNetV2", "VNet",
     "Reference", "count_parameters", "create_model", "list_models", "model_info", "register_model",
     "unregister_model",
 ]
