@@ -4,8 +4,10 @@ from medseg.models.attention_unet import AttentionUNet
 from medseg.models.conresnet import ConResNet
 from medseg.models.m2snet import M2SNet, MSNet
 from medseg.models.mask_rcnn import MaskRCNN
+from medseg.models.pan import PAN
 from medseg.models.pspnet import PSPNet
 from medseg.models.r2unet import R2UNet
+from medseg.models.refinenet import RefineNet
 from medseg.models.registry import (
     Reference,
     count_parameters,
@@ -23,7 +25,7 @@ from medseg.models.vnet import VNet
 
 __all__ = [
     "AttentionUNet", "ConResNet", "EncoderUNet", "M2SNet", "MSNet", "MaskRCNN", "R2UNet", "UNeXt", "UNet",
-    "PSPNet", "UNetDecoder", "UNetEncoder", "UNetPlusPlus", "UNetV2", "VNet",
+    "PAN", "PSPNet", "RefineNet", "UNetDecoder", "UNetEncoder", "UNetPlusPlus", "UNetV2", "VNet",
     "Reference", "count_parameters", "create_model", "list_models", "model_info", "register_model",
     "unregister_model",
 ]
