@@ -5,7 +5,10 @@ from medseg.models.conresnet import ConResNet
 from medseg.models.hrnet import HRNet
 from medseg.models.m2snet import M2SNet, MSNet
 from medseg.models.mask_rcnn import MaskRCNN
+from medseg.models.pan import PAN
+from medseg.models.pspnet import PSPNet
 from medseg.models.r2unet import R2UNet
+from medseg.models.refinenet import RefineNet
 from medseg.models.registry import (
     Reference,
     count_parameters,
@@ -21,10 +24,30 @@ from medseg.models.unetpp import UNetPlusPlus
 from medseg.models.unext import UNeXt
 from medseg.models.vnet import VNet
 
-__all__ = [
-    "AttentionUNet", "ConResNet", "EncoderUNet", "HRNet", "M2SNet", "MSNet", "MaskRCNN", "R2UNet", "UNeXt",
+__all__ = [  # one name a line, so that models added side by side merge
+    "AttentionUNet",
+    "ConResNet",
+    "EncoderUNet",
+    "HRNet",
+    "M2SNet",
+    "MSNet",
+    "MaskRCNN",
+    "PAN",
+    "PSPNet",
+    "R2UNet",
+    "RefineNet",
+    "UNeXt",
     "UNet",
-    "UNetDecoder", "UNetEncoder", "UNetPlusPlus", "UNetV2", "VNet",
-    "Reference", "count_parameters", "create_model", "list_models", "model_info", "register_model",
+    "UNetDecoder",
+    "UNetEncoder",
+    "UNetPlusPlus",
+    "UNetV2",
+    "VNet",
+    "Reference",
+    "count_parameters",
+    "create_model",
+    "list_models",
+    "model_info",
+    "register_model",
     "unregister_model",
 ]
