@@ -2,6 +2,8 @@
 
 from medseg.models.attention_unet import AttentionUNet
 from medseg.models.conresnet import ConResNet
+from medseg.models.fcdensenet import FCDenseNet
+from medseg.models.fcn import FCN
 from medseg.models.m2snet import M2SNet, MSNet
 from medseg.models.mask_rcnn import MaskRCNN
 from medseg.models.r2unet import R2UNet
@@ -14,6 +16,7 @@ from medseg.models.registry import (
     register_model,
     unregister_model,
 )
+from medseg.models.segnet import SegNet
 from medseg.models.unet import UNet, UNetDecoder, UNetEncoder
 from medseg.models.unet_v2 import EncoderUNet, UNetV2
 from medseg.models.unetpp import UNetPlusPlus
@@ -21,8 +24,8 @@ from medseg.models.unext import UNeXt
 from medseg.models.vnet import VNet
 
 __all__ = [
-    "AttentionUNet", "ConResNet", "EncoderUNet", "M2SNet", "MSNet", "MaskRCNN", "R2UNet", "UNeXt", "UNet",
-    "UNetDecoder", "UNetEncoder", "UNetPlusPlus", "UNetV2", "VNet",
+    "AttentionUNet", "ConResNet", "EncoderUNet", "FCDenseNet", "FCN", "M2SNet", "MSNet", "MaskRCNN", "R2UNet",
+    "SegNet", "UNeXt", "UNet", "UNetDecoder", "UNetEncoder", "UNetPlusPlus", "UNetV2", "VNet",
     "Reference", "count_parameters", "create_model", "list_models", "model_info", "register_model",
     "unregister_model",
 ]
