@@ -36,13 +36,14 @@ from torch import Tensor, nn
 
 from medseg import layers
 from medseg.blocks.upsampling import BilinearUpsampling
-from medseg.encoders.base import build_encoder, for_dims
+from medseg.encoders.base import build_encoder, for_dims, get_encoder_entry
 from medseg.encoders.vgg import VGGEncoder
 from medseg.errors import MedsegError, check_choice
 from medseg.models.base import SegmentationModel
 from medseg.models.registry import Reference, register_model
 
 STRIDES = (32, 16, 8)
+VGG_ENCODERS = ("vgg16", "vgg16_bn")
 
 
 def _score(spatial_dims: int, in_channels: int, num_classes: int) -> nn.Module:
@@ -82,12 +83,13 @@ class FCN(SegmentationModel):
         self.spatial_dims = layers.check_spatial_dims(spatial_dims)
         self.stride = stride
         self.input_multiple = 1  # ceil pooling and leading crops: any size
+        check_choice("encoder", get_encoder_entry(encoder).name, VGG_ENCODERS)
         options = {**dict(for_dims(encoder_options, spatial_dims) or {}), "ceil_mode": True}
         self.encoder = build_encoder(encoder, in_channels=in_channels, spatial_dims=spatial_dims,
                                      weights=encoder_weights, options=options)
         if not isinstance(self.encoder, VGGEncoder) or len(self.encoder.channels) != 5:
-            raise MedsegError(f"FCN needs a VGG encoder with 5 blocks (pool3, pool4, pool5), got {encoder!r} "
-                              f"with {len(self.encoder.channels)} levels")
+            raise MedsegError(f"FCN needs a VGG encoder with 5 blocks (pool3, pool4, pool5), got "
+                              f"{len(self.encoder.channels)} levels")
         widths = self.encoder.channels
         # the encoder returns each block before its pool: pool3/pool4 are recomputed (the same max-pool)
         self.pool = layers.max_pool(spatial_dims, 2, 2, ceil_mode=True)
