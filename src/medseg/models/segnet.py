@@ -7,7 +7,7 @@ max-unpooling with the indices of the matching encoder pool puts every value bac
 (zeros elsewhere, :class:`~medseg.blocks.upsampling.MaxUnpool`), then the block's convolutions,
 conv-BN-ReLU, with the last one of each block going to the width of the next finer block. The last
 decoder convolution gives the class scores (a plain 3x3 conv, no BN or ReLU; the softmax is the loss's),
-as the official Caffe net (alexgkendall/caffe-segnet ``segnet_train.prototxt``: ``conv1_1_D``).
+as the official Caffe net (alexgkendall/SegNet-Tutorial ``Models/segnet_train.prototxt``: ``conv1_1_D``).
 
 The pools floor and each unpooling gets its encoder map's size, so any input of at least ``2 ** 5`` per
 axis works (odd sizes too); 3D is the same network with 3x3x3 convs and 2x2x2 pools.
@@ -106,7 +106,7 @@ class SegNet(SegmentationModel):
         return f"at least {2 ** self.depth} ({self.depth} poolings)"
 
 
-REFERENCE = "classic-zoo spec; alexgkendall/caffe-segnet segnet_train.prototxt (CamVid, 11 classes)"
+REFERENCE = "classic-zoo spec; alexgkendall/SegNet-Tutorial Models/segnet_train.prototxt (CamVid, 11 classes)"
 
 
 @register_model(
