@@ -134,3 +134,14 @@ def test_bad_options() -> None:
         create_encoder("vgg16", depth=6)
     with pytest.raises(MedsegError, match="widths"):
         create_encoder("vgg16", widths=(4, 8))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_ceil_mode_keeps_the_odd_last_row(spatial_dims: int) -> None:
+    size = 19
+    x = torch.randn(1, 1, *[size] * spatial_dims)
+    floor = create_encoder("vgg16", in_channels=1, spatial_dims=spatial_dims, **SMALL)
+    ceil = create_encoder("vgg16", in_channels=1, spatial_dims=spatial_dims, ceil_mode=True, **SMALL)
+    assert [f.shape[2] for f in floor(x)] == [19, 9, 4, 2, 1]
+    assert [f.shape[2] for f in ceil(x)] == [19, 10, 5, 3, 2]  # ceil(19 / 2 ** i)
+    assert ceil.ceil_mode and not floor.ceil_mode and ceil.convs == [2, 2, 3, 3, 3]

@@ -9,7 +9,14 @@ from medseg.blocks.context_residual import (
     inter_slice_residual,
 )
 from medseg.blocks.conv import ConvNormAct, DepthwiseSeparableConv, DoubleConv
-from medseg.blocks.dense import DenseBlock, DenseLayer, InceptionBlock, NormActConv
+from medseg.blocks.dense import (
+    DenseBlock,
+    DenseLayer,
+    InceptionBlock,
+    NormActConv,
+    TransitionDown,
+    TransitionUp,
+)
 from medseg.blocks.heads import DeepSupervisionHeads, SegmentationHead
 from medseg.blocks.recurrent import RecurrentConv, RecurrentConvUnit, RecurrentResidualUnit
 from medseg.blocks.residual import BottleneckBlock, ResidualBlock, projection_shortcut
@@ -22,15 +29,18 @@ from medseg.blocks.subtraction import (
     SubtractionPyramid,
     SubtractionUnit,
 )
+from medseg.blocks.upsampling import BilinearUpsampling, MaxUnpool
 
 __all__ = [
-    "ASPP", "AllOnesFilter", "AttentionGate", "BottleneckBlock", "CBAM", "ChannelAttention",
-    "ContextResidualModule", "ConvNormAct", "DeepSupervisionHeads", "DenseASPP", "DenseAtrousConv",
-    "DenseBlock", "DenseLayer", "DepthwiseSeparableConv", "DoubleConv", "InceptionBlock",
+    "ASPP", "AllOnesFilter", "AttentionGate", "BilinearUpsampling", "BottleneckBlock", "CBAM",
+    "ChannelAttention", "ContextResidualModule", "ConvNormAct", "DeepSupervisionHeads", "DenseASPP",
+    "DenseAtrousConv",
+    "DenseBlock", "DenseLayer", "DepthwiseSeparableConv", "DoubleConv", "InceptionBlock", "MaxUnpool",
     "MultiAttentionGate", "MultiScaleFilters", "MultiScaleSubtractionUnit", "NonLocalBlock",
     "NormActConv", "OverlapPatchEmbed", "PreActivationResidualBlock", "PyramidPooling", "RecurrentConv",
     "RecurrentConvUnit", "RecurrentResidualUnit", "ResidualBlock", "ResidualMultiKernelPooling",
     "SegmentationHead", "SemanticDetailInfusion", "SemanticDetailSkips", "ShiftedMLP", "ShiftedMLPBlock",
-    "SpatialAttention", "SqueezeExcitation", "SubtractionPyramid", "SubtractionUnit",
+    "SpatialAttention", "SqueezeExcitation", "SubtractionPyramid", "SubtractionUnit", "TransitionDown",
+    "TransitionUp",
     "inter_slice_residual", "projection_shortcut", "shift_tokens",
 ]

@@ -32,10 +32,13 @@ class VGGEncoder(Encoder):
         convs: number of 3x3 convs per block (default VGG-16's).
         depth: number of blocks (and returned levels), 1..5; ``depth=4`` stops after relu4_3.
         batch_norm: a BatchNorm after each conv (``vgg16_bn``).
+        ceil_mode: max-pools round up (Caffe's pooling, as the official FCN), so odd sizes keep their last
+            row and column: level ``i`` is ``ceil(size / 2 ** i)``.
     """
 
     def __init__(self, in_channels: int = 3, spatial_dims: int = 2, widths: Sequence[int] = VGG16_WIDTHS,
-                 convs: Sequence[int] = VGG16_CONVS, depth: int = 5, batch_norm: bool = False) -> None:
+                 convs: Sequence[int] = VGG16_CONVS, depth: int = 5, batch_norm: bool = False,
+                 ceil_mode: bool = False) -> None:
         super().__init__()
         layers.check_spatial_dims(spatial_dims)
         if not 1 <= depth <= len(convs):
@@ -47,7 +50,7 @@ class VGGEncoder(Encoder):
         channels = in_channels
         for block, (width, count) in enumerate(zip(widths[:depth], convs[:depth], strict=True)):
             if block > 0:
-                modules.append(layers.max_pool(spatial_dims, 2, 2))
+                modules.append(layers.max_pool(spatial_dims, 2, 2, ceil_mode=ceil_mode))
             for _ in range(count):
                 modules.append(layers.conv(spatial_dims, channels, width, 3, padding=1, bias=True))
                 if batch_norm:
@@ -59,6 +62,8 @@ class VGGEncoder(Encoder):
         self.taps = taps
         self.spatial_dims = spatial_dims
         self.channels = [int(w) for w in widths[:depth]]
+        self.convs = [int(c) for c in convs[:depth]]
+        self.ceil_mode = ceil_mode
         self.reductions = [2 ** i for i in range(depth)]
         self.first_conv = "features.0.weight"
 

@@ -2,6 +2,8 @@
 
 from medseg.models.attention_unet import AttentionUNet
 from medseg.models.conresnet import ConResNet
+from medseg.models.fcdensenet import FCDenseNet
+from medseg.models.fcn import FCN
 from medseg.models.hrnet import HRNet
 from medseg.models.m2snet import M2SNet, MSNet
 from medseg.models.mask_rcnn import MaskRCNN
@@ -18,17 +20,19 @@ from medseg.models.registry import (
     register_model,
     unregister_model,
 )
+from medseg.models.segnet import SegNet
 from medseg.models.unet import UNet, UNetDecoder, UNetEncoder
 from medseg.models.unet_v2 import EncoderUNet, UNetV2
 from medseg.models.unetpp import UNetPlusPlus
 from medseg.models.unext import UNeXt
 from medseg.models.vnet import VNet
 
-__all__ = [  # one name a line, so that models added side by side merge
+__all__ = [  # one name a line, so that modules added side by side merge
     "AttentionUNet",
     "ConResNet",
-    "EncoderUNet",
     "HRNet",
+    "FCDenseNet",
+    "FCN",
     "M2SNet",
     "MSNet",
     "MaskRCNN",
@@ -36,13 +40,6 @@ __all__ = [  # one name a line, so that models added side by side merge
     "PSPNet",
     "R2UNet",
     "RefineNet",
-    "UNeXt",
-    "UNet",
-    "UNetDecoder",
-    "UNetEncoder",
-    "UNetPlusPlus",
-    "UNetV2",
-    "VNet",
     "Reference",
     "count_parameters",
     "create_model",
@@ -50,4 +47,13 @@ __all__ = [  # one name a line, so that models added side by side merge
     "model_info",
     "register_model",
     "unregister_model",
+    "SegNet",
+    "UNet",
+    "UNetDecoder",
+    "UNetEncoder",
+    "EncoderUNet",
+    "UNetV2",
+    "UNetPlusPlus",
+    "UNeXt",
+    "VNet",
 ]
