@@ -266,3 +266,27 @@ def resize_to(x: Tensor, size: list[int], mode: str = "linear", align_corners: b
     if torch_mode in ("nearest", "nearest-exact", "area"):
         return F.interpolate(x, size=list(size), mode=torch_mode)
     return F.interpolate(x, size=list(size), mode=torch_mode, align_corners=align_corners)
+
+
+def axial_conv(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int, axis: int,
+               stride: int = 1, dilation: int = 1, groups: int = 1, bias: bool = True) -> nn.Module:
+    """A 1D convolution along spatial ``axis`` (0 = first spatial axis): a ``k x 1`` / ``1 x k`` conv in 2D,
+    ``k x 1 x 1``, ... in 3D, with 'same' padding along that axis (ENet's asymmetric convs, ERFNet's
+    factorised ones)."""
+    check_spatial_dims(spatial_dims)
+    if not 0 <= axis < spatial_dims:
+        raise MedsegError(f"axis must be in [0, {spatial_dims}), got {axis}")
+    kernel = [1] * spatial_dims
+    kernel[axis] = kernel_size
+    pad = [0] * spatial_dims
+    pad[axis] = same_padding(kernel_size, dilation)
+    dil = [1] * spatial_dims
+    dil[axis] = dilation
+    cls = _pick(spatial_dims, nn.Conv2d, nn.Conv3d)
+    return cls(in_channels, out_channels, tuple(kernel), stride=stride, padding=tuple(pad),
+               dilation=tuple(dil), groups=groups, bias=bias)
+
+
+def max_unpool(spatial_dims: int, kernel_size: int = 2, stride: int | None = None) -> nn.Module:
+    """2D/3D max unpooling with the indices of a ``max_pool(..., return_indices=True)``."""
+    return _pick(spatial_dims, nn.MaxUnpool2d, nn.MaxUnpool3d)(kernel_size, stride=stride)

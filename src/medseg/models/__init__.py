@@ -2,9 +2,17 @@
 
 from medseg.models.attention_unet import AttentionUNet
 from medseg.models.conresnet import ConResNet
+from medseg.models.convlstm_unet import ConvLSTMUNet
+from medseg.models.dense_unet import DenseUNet
+from medseg.models.enet import ENet
+from medseg.models.erfnet import ERFNet
+from medseg.models.fast_scnn import FastSCNN
+from medseg.models.h_denseunet import HDenseUNet
 from medseg.models.hrnet import HRNet
 from medseg.models.m2snet import M2SNet, MSNet
 from medseg.models.mask_rcnn import MaskRCNN
+from medseg.models.multiresunet import MultiResUNet
+from medseg.models.nonlocal_unet import NonLocalUNet
 from medseg.models.r2unet import R2UNet
 from medseg.models.registry import (
     Reference,
@@ -25,6 +33,7 @@ __all__ = [
     "AttentionUNet", "ConResNet", "EncoderUNet", "HRNet", "M2SNet", "MSNet", "MaskRCNN", "R2UNet", "UNeXt",
     "UNet",
     "UNetDecoder", "UNetEncoder", "UNetPlusPlus", "UNetV2", "VNet",
+    "ConvLSTMUNet", "DenseUNet", "ENet", "ERFNet", "FastSCNN", "HDenseUNet", "MultiResUNet", "NonLocalUNet",
     "Reference", "count_parameters", "create_model", "list_models", "model_info", "register_model",
     "unregister_model",
 ]
