@@ -291,3 +291,20 @@ def leading_crop(x: Tensor, size: list[int]) -> Tensor:
     for d in range(len(size)):
         x = x.narrow(d + 2, 0, size[d])
     return x
+def axial_conv(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int, axis: int,
+               stride: int = 1, dilation: int = 1, groups: int = 1, bias: bool = True) -> nn.Module:
+    """A 1D convolution along spatial ``axis`` (0 = first spatial axis): a ``k x 1`` / ``1 x k`` conv in 2D,
+    ``k x 1 x 1``, ... in 3D, with 'same' padding along that axis (ENet's asymmetric convs, ERFNet's
+    factorised ones)."""
+    check_spatial_dims(spatial_dims)
+    if not 0 <= axis < spatial_dims:
+        raise MedsegError(f"axis must be in [0, {spatial_dims}), got {axis}")
+    kernel = [1] * spatial_dims
+    kernel[axis] = kernel_size
+    pad = [0] * spatial_dims
+    pad[axis] = same_padding(kernel_size, dilation)
+    dil = [1] * spatial_dims
+    dil[axis] = dilation
+    cls = _pick(spatial_dims, nn.Conv2d, nn.Conv3d)
+    return cls(in_channels, out_channels, tuple(kernel), stride=stride, padding=tuple(pad),
+               dilation=tuple(dil), groups=groups, bias=bias)

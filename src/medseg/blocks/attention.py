@@ -98,12 +98,21 @@ class NonLocalBlock(nn.Module):
     convs to ``inter_channels`` (in/2 by default), W a 1x1 conv back to ``in_channels`` followed by a
     norm. W's norm (or W itself when ``norm`` is none) starts at zero, so the block is the identity
     at initialisation (Sec. 4.1). ``sub_sample`` max-pools phi and g by 2 along every axis (Sec. 3.3).
+
+    ``num_heads`` > 1 splits theta, phi and g into heads that attend separately (multi-head attention, as
+    the global aggregation block of the Non-local U-Net, Wang et al. 2020, Fig. 2); ``scaled`` divides the
+    affinities by sqrt(channels per head) (scaled dot-product attention, Vaswani et al. 2017).
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, inter_channels: int | None = None,
-                 sub_sample: bool = True, norm: str | None = "batch", num_groups: int = 8) -> None:
+                 sub_sample: bool = True, norm: str | None = "batch", num_groups: int = 8, num_heads: int = 1,
+                 scaled: bool = False) -> None:
         super().__init__()
         inter = inter_channels or max(1, in_channels // 2)
+        if num_heads < 1 or inter % num_heads:
+            raise MedsegError(f"num_heads {num_heads} must be >= 1 and divide the {inter} inner channels")
+        self.num_heads = num_heads
+        self.scale = (inter // num_heads) ** -0.5 if scaled else 1.0
         self.theta = layers.conv(spatial_dims, in_channels, inter, 1, padding=0)
         self.phi = layers.conv(spatial_dims, in_channels, inter, 1, padding=0)
         self.g = layers.conv(spatial_dims, in_channels, inter, 1, padding=0)
@@ -115,10 +124,11 @@ class NonLocalBlock(nn.Module):
             nn.init.zeros_(param)
 
     def forward(self, x: Tensor) -> Tensor:
-        batch = x.shape[0]
+        batch, heads = x.shape[0], self.num_heads
         theta = self.theta(x).flatten(2)  # [B, C', N]
         phi = self.pool(self.phi(x)).flatten(2)  # [B, C', M]
         g = self.pool(self.g(x)).flatten(2)  # [B, C', M]
-        affinity = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)  # [B, N, M]
+        theta, phi, g = (t.reshape(batch * heads, t.shape[1] // heads, t.shape[2]) for t in (theta, phi, g))
+        affinity = torch.softmax(theta.transpose(1, 2) @ phi * self.scale, dim=-1)  # [B h, N, M]
         y = (g @ affinity.transpose(1, 2)).reshape([batch, -1] + list(x.shape[2:]))  # [B, C', *spatial]
         return x + self.w(y)

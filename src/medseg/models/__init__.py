@@ -2,11 +2,19 @@
 
 from medseg.models.attention_unet import AttentionUNet
 from medseg.models.conresnet import ConResNet
+from medseg.models.convlstm_unet import ConvLSTMUNet
+from medseg.models.dense_unet import DenseUNet
+from medseg.models.enet import ENet
+from medseg.models.erfnet import ERFNet
+from medseg.models.fast_scnn import FastSCNN
 from medseg.models.fcdensenet import FCDenseNet
 from medseg.models.fcn import FCN
+from medseg.models.h_denseunet import HDenseUNet
 from medseg.models.hrnet import HRNet
 from medseg.models.m2snet import M2SNet, MSNet
 from medseg.models.mask_rcnn import MaskRCNN
+from medseg.models.multiresunet import MultiResUNet
+from medseg.models.nonlocal_unet import NonLocalUNet
 from medseg.models.pan import PAN
 from medseg.models.pspnet import PSPNet
 from medseg.models.r2unet import R2UNet
@@ -30,14 +38,22 @@ from medseg.models.vnet import VNet
 __all__ = [  # one name a line, so that modules added side by side merge
     "AttentionUNet",
     "ConResNet",
-    "HRNet",
     "FCDenseNet",
     "FCN",
+    "HRNet",
     "M2SNet",
     "MSNet",
     "MaskRCNN",
     "PAN",
     "PSPNet",
+    "ConvLSTMUNet",
+    "DenseUNet",
+    "ENet",
+    "ERFNet",
+    "FastSCNN",
+    "HDenseUNet",
+    "MultiResUNet",
+    "NonLocalUNet",
     "R2UNet",
     "RefineNet",
     "Reference",
