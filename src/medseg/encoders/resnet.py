@@ -3,7 +3,9 @@
 Module names follow timm's ``ResNet`` (``conv1``, ``bn1``, ``layer1``..``layer4`` of
 :class:`~medseg.blocks.residual.ResidualBlock` / :class:`~medseg.blocks.residual.BottleneckBlock`), so a
 timm or torchvision weight file loads key for key (``fc`` is ignored). Returned levels: the stem's ReLU
-output (1/2, before the max-pool) and the four stages (1/4, 1/8, 1/16, 1/32).
+output (1/2, before the max-pool) and the four stages (1/4, 1/8, 1/16, 1/32). ``output_stride`` 16 or 8
+replaces the stride of the last one or two stages by dilation (torchvision's
+``replace_stride_with_dilation``, timm's ``output_stride``; the keys do not change).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from medseg.errors import MedsegError
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 """Base widths of the four stages (He et al. 2016, Table 1); bottleneck stages output 4x these."""
+OUTPUT_STRIDES = (8, 16, 32)
 
 
 def kaiming_init(module: nn.Module) -> None:
@@ -48,13 +51,16 @@ class ResNetEncoder(Encoder):
         stem_width: output channels of the 7x7 stem conv.
         norm: the trunk's normalisation (:func:`medseg.layers.norm`): ``batch``, or ``frozen_batch`` for
             torchvision's detection backbones (statistics and affine as buffers), ``group``, ...
+        output_stride: 32 (default), 16 or 8: stages that would reduce beyond it keep their resolution
+            and dilate instead (their first block at the previous dilation, the others at the new one,
+            as torchvision and timm); the reductions become e.g. ``[2, 4, 8, 8, 8]`` at 8.
     """
 
     expansion_bottleneck = 4
 
     def __init__(self, in_channels: int = 3, spatial_dims: int = 2, depths: Sequence[int] = (2, 2, 2, 2),
                  bottleneck: bool = False, widths: Sequence[int] = STAGE_WIDTHS,
-                 stem_width: int = 64, norm: str = "batch") -> None:
+                 stem_width: int = 64, norm: str = "batch", output_stride: int = 32) -> None:
         super().__init__()
         self.norm = norm  # read by make_stem / make_block while the trunk is built
         layers.check_spatial_dims(spatial_dims)
@@ -63,22 +69,36 @@ class ResNetEncoder(Encoder):
                               f"{list(depths)}")
         if min(depths) < 1 or min(widths) < 1 or stem_width < 1:
             raise MedsegError("ResNet widths, depths and stem_width must be positive")
+        if output_stride not in OUTPUT_STRIDES:
+            raise MedsegError(f"ResNet output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
         self.spatial_dims = spatial_dims
         self.bottleneck = bottleneck
         stem_out = self.make_stem(spatial_dims, in_channels, stem_width)
         self.maxpool = layers.max_pool(spatial_dims, 3, 2, padding=1)
         channels = [stem_out]
+        reductions = [2, 4]
         in_ch = stem_out
+        dilation = 1
         for index, (width, depth) in enumerate(zip(widths, depths, strict=True)):
+            stride = 2 if index > 0 else 1
+            previous = dilation
+            if index > 0 and reductions[-1] * 2 > output_stride:
+                dilation, stride = dilation * 2, 1
             blocks = []
             for b in range(depth):
-                stride = 2 if index > 0 and b == 0 else 1
-                blocks.append(self.make_block(spatial_dims, in_ch, width, stride, first=b == 0))
+                # Dilation keywords only when dilated, so subclasses without dilated units keep working.
+                dilated = {} if dilation == 1 else {"dilation": dilation,
+                                                     "first_dilation": previous if b == 0 else dilation}
+                blocks.append(self.make_block(spatial_dims, in_ch, width, stride if b == 0 else 1,
+                                              first=b == 0, **dilated))
                 in_ch = width * (self.expansion_bottleneck if bottleneck else 1)
             self.add_module(f"layer{index + 1}", nn.Sequential(*blocks))
             channels.append(in_ch)
+            if index > 0:
+                reductions.append(reductions[-1] * stride)
         self.channels = channels
-        self.reductions = [2, 4, 8, 16, 32]
+        self.reductions = reductions
+        self.output_stride = output_stride
         kaiming_init(self)
 
     def make_stem(self, spatial_dims: int, in_channels: int, stem_width: int) -> int:
@@ -90,11 +110,14 @@ class ResNetEncoder(Encoder):
         return stem_width
 
     def make_block(self, spatial_dims: int, in_channels: int, width: int, stride: int,
-                   first: bool) -> nn.Module:
-        """One residual unit of a stage (``first``: the stage's first block)."""
+                   first: bool, dilation: int = 1, first_dilation: int | None = None) -> nn.Module:
+        """One residual unit of a stage (``first``: the stage's first block; ``dilation`` and
+        ``first_dilation`` are given only in dilated stages)."""
         if self.bottleneck:
-            return BottleneckBlock(spatial_dims, in_channels, width, stride, norm=self.norm)
-        return ResidualBlock(spatial_dims, in_channels, width, stride, norm=self.norm)
+            return BottleneckBlock(spatial_dims, in_channels, width, stride, dilation,
+                                   first_dilation=first_dilation, norm=self.norm)
+        return ResidualBlock(spatial_dims, in_channels, width, stride, dilation, first_dilation,
+                             norm=self.norm)
 
     def stem(self, x: Tensor) -> Tensor:
         return self.act1(self.bn1(self.conv1(x)))
