@@ -2,6 +2,9 @@
 
 from medseg.models.attention_unet import AttentionUNet
 from medseg.models.conresnet import ConResNet
+from medseg.models.deeplabv1 import DeepLabV1
+from medseg.models.deeplabv2 import DeepLabV2
+from medseg.models.deeplabv3 import DeepLabV3, DeepLabV3Plus
 from medseg.models.m2snet import M2SNet, MSNet
 from medseg.models.mask_rcnn import MaskRCNN
 from medseg.models.r2unet import R2UNet
@@ -21,7 +24,8 @@ from medseg.models.unext import UNeXt
 from medseg.models.vnet import VNet
 
 __all__ = [
-    "AttentionUNet", "ConResNet", "EncoderUNet", "M2SNet", "MSNet", "MaskRCNN", "R2UNet", "UNeXt", "UNet",
+    "AttentionUNet", "ConResNet", "DeepLabV1", "DeepLabV2", "DeepLabV3", "DeepLabV3Plus",
+    "EncoderUNet", "M2SNet", "MSNet", "MaskRCNN", "R2UNet", "UNeXt", "UNet",
     "UNetDecoder", "UNetEncoder", "UNetPlusPlus", "UNetV2", "VNet",
     "Reference", "count_parameters", "create_model", "list_models", "model_info", "register_model",
     "unregister_model",
