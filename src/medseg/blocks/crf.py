@@ -16,7 +16,8 @@ Two ways to compute the message ``sum_{j != i} k_ij Q_j``:
 * ``window``: an *approximation* for larger images: only pairs within a ``(2 window + 1)^d`` neighbourhood
   (on a grid down-sampled by ``downsample``, whose cells stand for ``downsample^d`` pixels; the message is
   up-sampled back) contribute. It is not the permutohedral lattice of the paper: long-range bilateral
-  terms beyond the window are dropped.
+  terms beyond the window are dropped. The window's kernels are computed once per image
+  (``(2 window + 1)^d - 1`` maps of the grid's size: keep ``window`` small in 3D).
 
 Defaults are DeepLab v2's ResNet-101 settings (``bi_w=4, bi_xy_std=67, bi_rgb_std=3, pos_w=3,
 pos_xy_std=1``, 10 iterations) with the colour std written for images in ``[0, 1]`` (3/255), the scale of
@@ -115,45 +116,61 @@ class DenseCRF(nn.Module):
         kernel = kernel + self.smoothness_weight * torch.exp(-distance / (2 * self.smoothness_theta ** 2))
         return kernel * (1 - torch.eye(kernel.shape[-1], dtype=kernel.dtype, device=kernel.device))
 
-    def _window_message(self, q: Tensor, image: Tensor) -> Tensor:
-        """The truncated-window approximation of ``sum_{j != i} k_ij Q_j``."""
-        spatial = list(q.shape[2:])
-        dims = q.dim() - 2
-        step = self.downsample
-        if step > 1:
-            pool = layers.avg_pool(dims, step, step, count_include_pad=False)
-            pool.ceil_mode = True
-            q_grid, image_grid = pool(q), pool(image)
-        else:
-            q_grid, image_grid = q, image
+    def _grid(self, x: Tensor) -> Tensor:
+        """``x`` on the window path's grid (average-pooled by ``downsample``)."""
+        if self.downsample == 1:
+            return x
+        pool = layers.avg_pool(x.dim() - 2, self.downsample, self.downsample, count_include_pad=False)
+        pool.ceil_mode = True
+        return pool(x)
+
+    def _offsets(self, dims: int) -> list[tuple[int, ...]]:
+        return [o for o in itertools.product(range(-self.window, self.window + 1), repeat=dims) if any(o)]
+
+    def _shift(self, x: Tensor, offset: tuple[int, ...]) -> Tensor:
+        """``x`` at position ``i + offset`` for every ``i`` (zero beyond the border: no contribution)."""
         r = self.window
-        pad = [r] * (2 * dims)
-        q_pad = F.pad(q_grid, pad)  # zero beyond the border: no contribution
-        image_pad = F.pad(image_grid, pad)
-        size = list(q_grid.shape[2:])
-        message = torch.zeros_like(q_grid)
-        for offset in itertools.product(range(-r, r + 1), repeat=dims):
-            if not any(offset):
-                continue
-            index = [slice(None), slice(None)] + [slice(r + o, r + o + s)
-                                                  for o, s in zip(offset, size, strict=True)]
-            q_shift, image_shift = q_pad[tuple(index)], image_pad[tuple(index)]
-            distance = float(sum((o * step) ** 2 for o in offset))
-            colour = (image_grid - image_shift).pow(2).sum(dim=1, keepdim=True)
+        padded = F.pad(x, [r] * (2 * (x.dim() - 2)))
+        index = [slice(None), slice(None)] + [slice(r + o, r + o + s)
+                                              for o, s in zip(offset, x.shape[2:], strict=True)]
+        return padded[tuple(index)]
+
+    def window_kernels(self, image: Tensor) -> list[Tensor]:
+        """The truncated-window kernel ``k(i, i + o)`` ``[B, 1, *grid]`` for each offset ``o`` of the
+        window (computed once per image; ``(2 window + 1)^d - 1`` maps)."""
+        grid = self._grid(image)
+        kernels = []
+        for offset in self._offsets(image.dim() - 2):
+            distance = float(sum((o * self.downsample) ** 2 for o in offset))
+            colour = (grid - self._shift(grid, offset)).pow(2).sum(dim=1, keepdim=True)
             kernel = self.appearance_weight * torch.exp(-distance / (2 * self.appearance_theta ** 2)
                                                         - colour / (2 * self.intensity_theta ** 2))
-            kernel = kernel + self.smoothness_weight * math.exp(-distance / (2 * self.smoothness_theta ** 2))
-            message = message + kernel * q_shift
-        if step > 1:
-            message = layers.resize_to(message * step ** dims, spatial)
+            smoothness = self.smoothness_weight * math.exp(-distance / (2 * self.smoothness_theta ** 2))
+            kernels.append(kernel + smoothness)
+        return kernels
+
+    def _window_message(self, q: Tensor, kernels: list[Tensor]) -> Tensor:
+        """The truncated-window approximation of ``sum_{j != i} k_ij Q_j``."""
+        q_grid = self._grid(q)
+        message = torch.zeros_like(q_grid)
+        for offset, kernel in zip(self._offsets(q.dim() - 2), kernels, strict=True):
+            message = message + kernel * self._shift(q_grid, offset)
+        if self.downsample > 1:
+            message = layers.resize_to(message * self.downsample ** (q.dim() - 2), list(q.shape[2:]))
         return message
 
-    def message(self, q: Tensor, image: Tensor, kernel: Tensor | None = None) -> Tensor:
-        """``sum_{j != i} k_ij Q_j(l)`` for every pixel and label (``kernel``: a precomputed exact kernel)."""
-        if kernel is None and self._resolve(q.shape[2:]) == "window":
-            return self._window_message(q, image)
+    def kernels(self, image: Tensor) -> Tensor | list[Tensor]:
+        """What :meth:`message` needs for ``image``: the exact kernel or the window's kernels."""
+        if self._resolve(image.shape[2:]) == "window":
+            return self.window_kernels(image)
+        return self.pairwise_kernel(image)
+
+    def message(self, q: Tensor, image: Tensor, kernel: Tensor | list[Tensor] | None = None) -> Tensor:
+        """``sum_{j != i} k_ij Q_j(l)`` for every pixel and label (``kernel``: from :meth:`kernels`)."""
         if kernel is None:
-            kernel = self.pairwise_kernel(image)
+            kernel = self.kernels(image)
+        if isinstance(kernel, list):
+            return self._window_message(q, kernel)
         flat = q.flatten(2)  # [B, L, N]
         return torch.bmm(flat, kernel.transpose(1, 2)).reshape(q.shape)
 
@@ -170,7 +187,7 @@ class DenseCRF(nn.Module):
         self._check(logits, image)
         scores = self._as_classes(logits).float()
         image = image.float()
-        kernel = self.pairwise_kernel(image) if self._resolve(logits.shape[2:]) == "exact" else None
+        kernel = self.kernels(image)
         q = torch.softmax(scores, dim=1)
         for _ in range(self.iterations):
             # Potts: -sum_{l' != l} M(l') = M(l) - sum_l' M(l'); the second term is the same for every l.
