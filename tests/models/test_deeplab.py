@@ -33,7 +33,7 @@ def count(module: nn.Module) -> int:
 def test_deeplabv3_resnet50_matches_torchvision_exactly() -> None:
     # torchvision deeplabv3_resnet50(num_classes=21, aux_loss=True): 42,004,074 (classic-zoo spec).
     model = meta_model("deeplabv3", in_channels=3, num_classes=21, encoder="resnet50", output_stride=8,
-                       head_conv=True, aux=True)
+                       head_conv=True, deep_supervision=True)
     assert count(model) == 42_004_074
     assert count(model.encoder) == 23_508_032
     # ASPP: 1x1 + 3 atrous 3x3 + pooling (no bias, BN) and the 5 * 256 -> 256 projection
@@ -56,8 +56,8 @@ def test_deeplabv3_rates_double_at_output_stride_8(output_stride: int, rates: li
 
 
 def test_deeplabv3_aux_head_in_train_mode_only() -> None:
-    model = medseg.create_model("deeplabv3", in_channels=1, num_classes=3, aux=True, aspp_channels=8,
-                                **TINY_RESNET)
+    model = medseg.create_model("deeplabv3", in_channels=1, num_classes=3, deep_supervision=True,
+                                aspp_channels=8, **TINY_RESNET)
     x = torch.randn(2, 1, 48, 32)
     out = model.train()(x)
     assert isinstance(out, SegOutput) and out.logits.shape == (2, 3, 48, 32)

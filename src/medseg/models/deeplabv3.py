@@ -5,8 +5,9 @@ DeepLabV3 (Sec. 3.3, Fig. 5): an atrous encoder (ResNet, or Xception) at output 
 (:class:`~medseg.blocks.context.ASPP`: 1x1 + three 3x3 atrous convs at rates 6/12/18, doubled at output
 stride 8, + image pooling, 256 channels each, concatenated, 1x1 conv 256 with BN, ReLU and dropout), a
 1x1 conv to the classes and bilinear up-sampling to the input. ``head_conv`` adds torchvision's extra 3x3
-conv-BN-ReLU of ``DeepLabHead``; ``aux`` torchvision's auxiliary ``FCNHead`` on the second-coarsest level
-(layer3), returned in train mode as ``SegOutput.aux``.
+conv-BN-ReLU of ``DeepLabHead``; ``deep_supervision`` torchvision's auxiliary ``FCNHead`` (its ``aux_loss``)
+on the second-coarsest level (layer3), returned in train mode as ``SegOutput.aux`` (the option name is the
+one every zoo model uses for auxiliary outputs, and what ``loss.deep_supervision`` switches on).
 
 DeepLabV3+ (Sec. 3.2, Fig. 2): the encoder's stride-4 features go through a 1x1 conv to 48 channels,
 are concatenated with the ASPP output up-sampled to their size (x4 at output stride 16), refined by two
@@ -58,7 +59,8 @@ class DeepLabV3(SegmentationModel):
         aspp_dropout: dropout after the ASPP projection (0.5 as torchvision; the TF code uses 0.1).
         separable: depthwise-separable atrous convs in the ASPP (and the V3+ decoder).
         head_conv: torchvision's 3x3 conv-BN-ReLU between the ASPP and the classifier.
-        aux: torchvision's auxiliary FCN head on the second-coarsest level, used in train mode.
+        deep_supervision: torchvision's auxiliary FCN head on the second-coarsest level (``aux_loss``),
+            returned in train mode.
         norm: the normalisation of the head (``batch``; ``group`` for batches of 1).
         crf: fully connected CRF in eval mode (:func:`~medseg.blocks.crf.build_crf`: True or options).
     """
@@ -69,7 +71,7 @@ class DeepLabV3(SegmentationModel):
                  encoder: str | Encoder | None = None, encoder_options: dict[str, Any] | None = None,
                  encoder_weights: str | None = None, output_stride: int = 16,
                  rates: Sequence[int] = (6, 12, 18), aspp_channels: int = 256, aspp_dropout: float = 0.5,
-                 separable: bool = False, head_conv: bool = False, aux: bool = False,
+                 separable: bool = False, head_conv: bool = False, deep_supervision: bool = False,
                  norm: str = "batch", crf: bool | dict[str, Any] | DenseCRF | None = None) -> None:
         super().__init__()
         layers.check_spatial_dims(spatial_dims)
@@ -90,7 +92,7 @@ class DeepLabV3(SegmentationModel):
             else nn.Identity()
         self.classifier = layers.conv(spatial_dims, self.decoder_channels(aspp_channels), num_classes, 1)
         self.aux_head = FCNHead(spatial_dims, self.encoder.channels[-2], num_classes, norm=norm) \
-            if aux else None
+            if deep_supervision else None
         self.crf = build_crf(crf)
 
     def decoder_channels(self, aspp_channels: int) -> int:
@@ -172,15 +174,15 @@ _SMALL_RESNET = {"encoder": "resnet18",
     input_multiple=16,
     references=[
         Reference(options={"in_channels": 3, "num_classes": 21, "encoder": "resnet50", "output_stride": 8,
-                           "head_conv": True, "aux": True},
+                           "head_conv": True, "deep_supervision": True},
                   params=42_004_074,
                   source="classic-zoo spec: torchvision deeplabv3_resnet50(num_classes=21, aux_loss=True)"),
         Reference(options={"in_channels": 3, "num_classes": 21, "encoder": "resnet101", "output_stride": 8,
-                           "head_conv": True, "aux": True},
+                           "head_conv": True, "deep_supervision": True},
                   params=60_996_202, source="torchvision deeplabv3_resnet101(num_classes=21, aux_loss=True), "
                                             "its documented num_params"),
     ],
-    small_options={**_SMALL_RESNET, "aux": True, "aspp_dropout": 0.0},
+    small_options={**_SMALL_RESNET, "deep_supervision": True, "aspp_dropout": 0.0},
 )
 def build_deeplabv3(*, in_channels: int, num_classes: int, spatial_dims: int, **options: Any) -> DeepLabV3:
     """Build :class:`DeepLabV3` (see its docstring for the options)."""
