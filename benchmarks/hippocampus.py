@@ -21,9 +21,13 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from train_compare import MONAI_BASICUNET, ROOT, Budget, Column, Task, build_parser, main
+from train_compare import MONAI_BASICUNET, ROOT, Budget, Column, Task, Variant, build_parser, main
 
-MODELS = ["unet", MONAI_BASICUNET, "conresnet"]
+MODELS = ["unet", MONAI_BASICUNET, "conresnet", "hrnet3d"]
+#: The 3D HRNetV2 of configs/hrnet3d-hippocampus.yaml (W18-Small-v1 topology, widths 8-64, stem 32),
+#: without its deep supervision (the loss is the same for every row).
+VARIANTS = {"hrnet3d": Variant("hrnet_v2", {"config": "hrnet_w18_small", "width": 8, "stem_width": 32,
+                                            "stage1_channels": 16})}
 CLASSES = ((1, "anterior"), (2, "posterior"))
 COLUMNS = tuple(column for label, name in CLASSES for column in (
     Column(f"Dice {name}", "dice", label), Column(f"HD95 {name} (mm)", "hd95", label, 2),
@@ -47,7 +51,7 @@ TASK = Task(name="hippocampus", title="Hippocampus segmentation on MSD Task04: 3
             default_root=ROOT.parent / "shared" / "data" / "msd-task04-hippocampus",
             base_config=base_config, columns=COLUMNS, fair_loss="dice_ce",
             model_options={"unet": {"features": [32, 32, 64, 128, 256], "norm": "instance",
-                                    "act": "leaky_relu:0.1"}},
+                                    "act": "leaky_relu:0.1"}}, variants=VARIANTS,
             notes=["metrics: mean over the test cases per class (`medseg evaluate`); distances in mm with "
                    "the images' spacing; a case whose prediction or mask of a class is empty has no "
                    "distance for that class and is left out of that mean"])

@@ -18,12 +18,20 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from train_compare import MONAI_BASICUNET, ROOT, Budget, Column, Task, build_parser, main
+from train_compare import MONAI_BASICUNET, ROOT, Budget, Column, Task, Variant, build_parser, main
 
 MODELS = ["unet", MONAI_BASICUNET, "msnet", "m2snet", "unet_v2", "unext", "unext_s"]
+UNET_OPTIONS = {"features": 32, "depth": 4}  # as configs/unet-kvasir.yaml
+#: Rows that are a model with fixed options and/or PointRend (the HRNet + PointRend issue's rows).
+VARIANTS = {
+    "hrnet_w18s": Variant("hrnet_v2", {"config": "w18_small_v2"}),
+    "hrnet_w18s_pointrend": Variant("hrnet_v2", {"config": "w18_small_v2"}, pointrend={}),
+    "unet_pointrend": Variant("unet", UNET_OPTIONS, pointrend={}),
+}
 COLUMNS = (Column("Dice", "dice"), Column("IoU", "iou"), Column("MAE", "mae"),
            Column("S_alpha", "s_measure"), Column("E_phi (mean)", "e_measure_mean"),
-           Column("F_beta^w", "weighted_fbeta"), Column("HD95 (px)", "hd95", digits=2))
+           Column("F_beta^w", "weighted_fbeta"), Column("HD95 (px)", "hd95", digits=2),
+           Column("NSD (1 px)", "nsd"))
 
 
 def base_config(budget: Budget) -> dict[str, Any]:
@@ -40,10 +48,11 @@ def base_config(budget: Budget) -> dict[str, Any]:
 TASK = Task(name="polyp", title="Polyp segmentation on Kvasir-SEG: models trained under one budget",
             spatial_dims=2, in_channels=3, default_root=ROOT.parent / "shared" / "data" / "kvasir-seg",
             base_config=base_config, columns=COLUMNS, fair_loss="structure", probability_maps=True,
-            model_options={"unet": {"features": 32, "depth": 4}},  # as configs/unet-kvasir.yaml
+            model_options={"unet": UNET_OPTIONS}, variants=VARIANTS,
             notes=["metrics: mean over the test cases (`medseg evaluate`); MAE, S_alpha, E_phi and F_beta^w "
                    "on the foreground probability map, Dice, IoU and HD95 on p >= 0.5; HD95 in pixels of "
-                   "the source image, '(k nan)' = k cases with an empty prediction or mask, left out"])
+                   "the source image, '(k nan)' = k cases with an empty prediction or mask, left out; "
+                   "NSD: normalised surface Dice at a tolerance of 1 pixel"])
 
 
 def parser() -> Any:

@@ -128,7 +128,18 @@ class Task:
     fair_loss: str
     probability_maps: bool = False
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    variants: dict[str, Variant] = field(default_factory=dict)
     notes: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A benchmark row that is a registered model with fixed options and, optionally, the PointRend wrap
+    (``model.pointrend``): e.g. ``hrnet_w18s_pointrend`` = ``hrnet_v2`` W18-Small-v2 + PointRend."""
+
+    model: str
+    options: dict[str, Any] = field(default_factory=dict)
+    pointrend: dict[str, Any] | None = None
 
 
 @dataclass
@@ -192,6 +203,11 @@ def check_models(models: Sequence[str], task: Task, budget: Budget) -> list[str]
     for name in models:
         if name.lower() == MONAI_BASICUNET:
             register_monai_basicunet()
+        if name.lower() in task.variants:
+            names.append(name.lower())
+            name = task.variants[name.lower()].model
+            check_dims(resolve_target(get_entry(name).name), task.spatial_dims)
+            continue
         try:
             entry = get_entry(name)
         except MedsegError as exc:
@@ -219,9 +235,12 @@ def build_config(task: Task, model: str, budget: Budget, run_dir: Path, splits_f
     data.setdefault("data", {}).update(root=str(data_root), splits_file=str(splits_file), fold=0,
                                        cache_dir=str(cache_dir), batch_size=budget.batch_size,
                                        num_workers=budget.workers)
-    data["model"] = {"name": model, "spatial_dims": task.spatial_dims,
-                     "options": dict(task.model_options.get(model, {})),
+    variant = task.variants.get(model)
+    data["model"] = {"name": variant.model if variant else model, "spatial_dims": task.spatial_dims,
+                     "options": dict(variant.options if variant else task.model_options.get(model, {})),
                      "encoder_weights": budget.encoder_weights}
+    if variant is not None and variant.pointrend is not None:
+        data["model"]["pointrend"] = dict(variant.pointrend)
     data["loss"] = {} if budget.loss == "default" else {"name": budget.loss}
     data.setdefault("train", {}).update(epochs=budget.epochs, max_minutes=budget.minutes_per_model,
                                         iterations_per_epoch=budget.iterations_per_epoch,

@@ -168,3 +168,19 @@ def test_group_count_and_same_padding() -> None:
     assert layers.group_count(7, 8) == 1
     assert layers.group_count(16, 0) == 1
     assert layers.same_padding(5) == 2 and layers.same_padding(3, dilation=4) == 4
+
+
+def test_leading_and_center_crops() -> None:
+    x = torch.arange(2 * 7 * 9, dtype=torch.float32).reshape(1, 2, 7, 9)
+    assert torch.equal(layers.leading_crop(x, [5, 6]), x[:, :, :5, :6])
+    assert torch.equal(layers.center_crop(x, [5, 6]), x[:, :, 1:6, 1:7])
+    assert torch.equal(layers.leading_crop(x, [7, 9]), x)
+
+
+def test_max_unpool_factory_inverts_max_pool_in_2d_and_3d() -> None:
+    for dims in (2, 3):
+        x = torch.rand(1, 2, *[4] * dims) + 1  # positive: the zeros put back never beat a maximum
+        pooled, indices = layers.max_pool(dims, 2, return_indices=True)(x)
+        restored = layers.max_unpool(dims, 2)(pooled, indices)
+        assert restored.shape == x.shape
+        assert torch.equal(layers.max_pool(dims, 2)(restored), pooled)

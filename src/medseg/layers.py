@@ -196,10 +196,18 @@ def activation(kind: str | None, channels: int = 1, inplace: bool = True,
 
 
 def max_pool(spatial_dims: int, kernel_size: int = 2, stride: int | None = None, padding: int = 0,
-             return_indices: bool = False) -> nn.Module:
-    """2D/3D max pooling (default: the 2x2 down-sampling of U-Net)."""
+             return_indices: bool = False, ceil_mode: bool = False) -> nn.Module:
+    """2D/3D max pooling (default: the 2x2 down-sampling of U-Net); ``ceil_mode`` keeps the partial
+    window at an odd end (Caffe's pooling, FCN)."""
     cls = _pick(spatial_dims, nn.MaxPool2d, nn.MaxPool3d)
-    return cls(kernel_size, stride=stride, padding=padding, return_indices=return_indices)
+    return cls(kernel_size, stride=stride, padding=padding, return_indices=return_indices,
+               ceil_mode=ceil_mode)
+
+
+def max_unpool(spatial_dims: int, kernel_size: int = 2, stride: int | None = None) -> nn.Module:
+    """2D/3D max unpooling: the inverse of :func:`max_pool` with ``return_indices`` (SegNet's decoder)."""
+    cls = _pick(spatial_dims, nn.MaxUnpool2d, nn.MaxUnpool3d)
+    return cls(kernel_size, stride=stride)
 
 
 def avg_pool(spatial_dims: int, kernel_size: int = 2, stride: int | None = None, padding: int = 0,
@@ -266,3 +274,20 @@ def resize_to(x: Tensor, size: list[int], mode: str = "linear", align_corners: b
     if torch_mode in ("nearest", "nearest-exact", "area"):
         return F.interpolate(x, size=list(size), mode=torch_mode)
     return F.interpolate(x, size=list(size), mode=torch_mode, align_corners=align_corners)
+
+
+def center_crop(x: Tensor, size: list[int]) -> Tensor:
+    """The centre of a ``[B, C, *spatial]`` tensor at spatial ``size`` (U-Net's "copy and crop", FC-DenseNet's
+    transition up); a no-op at equal sizes."""
+    for d in range(len(size)):
+        start = (x.shape[d + 2] - size[d]) // 2
+        x = x.narrow(d + 2, start, size[d])
+    return x
+
+
+def leading_crop(x: Tensor, size: list[int]) -> Tensor:
+    """The first ``size[d]`` positions of every spatial axis: crops a map whose grid starts at the same
+    origin (an up-sampled coarse map that overhangs its skip, FCN); a no-op at equal sizes."""
+    for d in range(len(size)):
+        x = x.narrow(d + 2, 0, size[d])
+    return x

@@ -5,7 +5,15 @@ import torch
 from torch import nn
 
 from helpers import random_input as _input
-from medseg.blocks.dense import DenseBlock, DenseLayer, InceptionBlock, NormActConv
+from medseg import layers
+from medseg.blocks.dense import (
+    DenseBlock,
+    DenseLayer,
+    InceptionBlock,
+    NormActConv,
+    TransitionDown,
+    TransitionUp,
+)
 from medseg.models.registry import count_parameters
 
 DIMS = [2, 3]
@@ -111,3 +119,28 @@ def test_inception_block_parameter_count_by_hand() -> None:
     block = InceptionBlock(2, 192)
     assert block.out_channels == 256
     assert count_parameters(block) == convs + bns
+
+
+@pytest.mark.parametrize("spatial_dims", DIMS)
+def test_transition_down_is_bn_relu_1x1_dropout_pool(spatial_dims: int) -> None:
+    down = TransitionDown(spatial_dims, 6, dropout=0.2).eval()
+    # BN(6) + 1x1 conv 6 -> 6 with bias (Jégou et al. 2017, Table 1)
+    assert count_parameters(down) == 2 * 6 + 6 * 6 + 6
+    x = _input(spatial_dims, 6, size=9)
+    expected = layers.max_pool(spatial_dims, 2)(down.unit.conv(torch.relu(down.unit.norm(x))))
+    torch.testing.assert_close(down(x), expected)
+    assert down(x).shape[2:] == (4,) * spatial_dims
+
+
+@pytest.mark.parametrize("spatial_dims", DIMS)
+@pytest.mark.parametrize("skip_size", [8, 9])
+def test_transition_up_crops_the_centre_and_concatenates_up_first(spatial_dims: int, skip_size: int) -> None:
+    up = TransitionUp(spatial_dims, 5, 3)
+    assert up.up.kernel_size == (3,) * spatial_dims and up.up.stride == (2,) * spatial_dims
+    x, skip = _input(spatial_dims, 5, size=4), _input(spatial_dims, 2, size=skip_size)
+    out = up(x, skip)
+    assert out.shape == (2, 5, *[skip_size] * spatial_dims)
+    full = up.up(x)  # unpadded: 2n + 1 = 9
+    assert full.shape[2:] == (9,) * spatial_dims
+    torch.testing.assert_close(out[:, :3], layers.center_crop(full, [skip_size] * spatial_dims))
+    torch.testing.assert_close(out[:, 3:], skip)

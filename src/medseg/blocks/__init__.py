@@ -17,7 +17,14 @@ from medseg.blocks.context_residual import (
 )
 from medseg.blocks.conv import ConvNormAct, DepthwiseSeparableConv, DoubleConv
 from medseg.blocks.crf import DenseCRF, build_crf
-from medseg.blocks.dense import DenseBlock, DenseLayer, InceptionBlock, NormActConv
+from medseg.blocks.dense import (
+    DenseBlock,
+    DenseLayer,
+    InceptionBlock,
+    NormActConv,
+    TransitionDown,
+    TransitionUp,
+)
 from medseg.blocks.heads import DeepSupervisionHeads, FCNHead, SegmentationHead
 from medseg.blocks.recurrent import RecurrentConv, RecurrentConvUnit, RecurrentResidualUnit
 from medseg.blocks.residual import BottleneckBlock, ResidualBlock, projection_shortcut
@@ -30,16 +37,18 @@ from medseg.blocks.subtraction import (
     SubtractionPyramid,
     SubtractionUnit,
 )
+from medseg.blocks.upsampling import BilinearUpsampling, MaxUnpool
 
 __all__ = [
-    "ASPP", "AllOnesFilter", "AttentionGate", "BottleneckBlock", "CBAM", "ChannelAttention",
-    "ContextResidualModule", "ConvNormAct", "DeepSupervisionHeads", "DenseASPP", "DenseAtrousConv",
-    "DenseBlock", "DenseCRF", "DenseLayer", "DepthwiseSeparableConv", "DoubleConv", "FCNHead",
-    "InceptionBlock",
+    "ASPP", "AllOnesFilter", "AttentionGate", "BilinearUpsampling", "BottleneckBlock", "CBAM",
+    "ChannelAttention", "ContextResidualModule", "ConvNormAct", "DeepSupervisionHeads", "DenseASPP",
+    "DenseAtrousConv", "DenseBlock", "DenseCRF", "DenseLayer", "DepthwiseSeparableConv", "DoubleConv",
+    "FCNHead", "InceptionBlock", "MaxUnpool",
     "MultiAttentionGate", "MultiScaleFilters", "MultiScaleSubtractionUnit", "NonLocalBlock",
     "NormActConv", "OverlapPatchEmbed", "PreActivationResidualBlock", "PyramidPooling", "RecurrentConv",
     "RecurrentConvUnit", "RecurrentResidualUnit", "ResidualBlock", "ResidualMultiKernelPooling",
     "SegmentationHead", "SemanticDetailInfusion", "SemanticDetailSkips", "ShiftedMLP", "ShiftedMLPBlock",
     "SpatialAttention", "SqueezeExcitation", "SubtractionPyramid", "SubtractionUnit", "SummedASPP",
-    "build_crf", "inter_slice_residual", "projection_shortcut", "shift_tokens",
+    "TransitionDown", "TransitionUp", "build_crf", "inter_slice_residual", "projection_shortcut",
+    "shift_tokens",
 ]

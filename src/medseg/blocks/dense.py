@@ -116,3 +116,27 @@ class InceptionBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], dim=1)
 
+
+
+class TransitionDown(nn.Sequential):
+    """FC-DenseNet's transition down (Jégou et al. 2017, Table 1): BN, ReLU, 1x1 conv keeping the channels,
+    dropout, 2x2 max-pool (the conv with its bias and element-wise dropout, as the reference code)."""
+
+    def __init__(self, spatial_dims: int, channels: int, dropout: float = 0.2, norm: str | None = "batch",
+                 act: str | None = "relu", bias: bool = True) -> None:
+        super().__init__()
+        self.unit = NormActConv(spatial_dims, channels, channels, 1, norm=norm, act=act, bias=bias)
+        self.drop = layers.dropout(spatial_dims, dropout, channelwise=False)
+        self.pool = layers.max_pool(spatial_dims, 2)
+
+
+class TransitionUp(nn.Module):
+    """FC-DenseNet's transition up (Jégou et al. 2017, Table 1 and Fig. 1): a 3x3 transposed conv of stride
+    2 (unpadded, so ``2n + 1`` wide), centre-cropped to the skip and concatenated ``[up, skip]``."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.up = layers.conv_transpose(spatial_dims, in_channels, out_channels, 3, 2)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        return torch.cat([layers.center_crop(self.up(x), list(skip.shape[2:])), skip], dim=1)

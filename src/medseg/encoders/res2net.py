@@ -112,27 +112,13 @@ class Res2NetEncoder(ResNetEncoder):
             raise MedsegError(f"Res2Net scale and base_width must be >= 1, got {scale} and {base_width}")
         self.base_width = base_width  # plain ints, read by make_block while the trunk is built
         self.scale = scale
-        super().__init__(in_channels, spatial_dims, depths, True, widths, stem_width)
+        # the v1b deep stem (ResNetEncoder's deep_stem: timm's conv1.0/1/3/4/6 and bn1)
+        super().__init__(in_channels, spatial_dims, depths, True, widths, stem_width, deep_stem=True)
 
-    def make_stem(self, spatial_dims: int, in_channels: int, stem_width: int) -> int:
-        """The v1b deep stem as timm's ``conv1`` Sequential (indices 0, 1, 3, 4, 6) plus ``bn1``."""
-        out = 2 * stem_width
-        self.conv1 = nn.Sequential(
-            layers.conv(spatial_dims, in_channels, stem_width, 3, 2, padding=1, bias=False),
-            layers.norm("batch", spatial_dims, stem_width),
-            layers.activation("relu"),
-            layers.conv(spatial_dims, stem_width, stem_width, 3, padding=1, bias=False),
-            layers.norm("batch", spatial_dims, stem_width),
-            layers.activation("relu"),
-            layers.conv(spatial_dims, stem_width, out, 3, padding=1, bias=False),
-        )
-        self.bn1 = layers.norm("batch", spatial_dims, out)
-        self.act1 = layers.activation("relu")
-        self.first_conv = "conv1.0.weight"
-        return out
-
-    def make_block(self, spatial_dims: int, in_channels: int, width: int, stride: int,
-                   first: bool) -> nn.Module:
+    def make_block(self, spatial_dims: int, in_channels: int, width: int, stride: int, first: bool,
+                   dilation: int = 1, first_dilation: int | None = None) -> nn.Module:
+        if dilation != 1 or (first_dilation or 1) != 1:
+            raise MedsegError("Res2Net blocks are not dilated (no output_stride option)")
         return Res2NetBottleneck(spatial_dims, in_channels, width, stride, self.base_width, self.scale,
                                  stage_first=first)
 

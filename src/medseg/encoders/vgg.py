@@ -33,6 +33,8 @@ class VGGEncoder(Encoder):
         convs: number of 3x3 convs per block (default VGG-16's).
         depth: number of blocks (and returned levels), 1..5; ``depth=4`` stops after relu4_3.
         batch_norm: a BatchNorm after each conv (``vgg16_bn``).
+        ceil_mode: max-pools round up (Caffe's pooling, as the official FCN), so odd sizes keep their last
+            row and column: level ``i`` is ``ceil(size / 2 ** i)``.
         output_stride: the coarsest level's reduction, a power of 2 (default ``2 ** (depth - 1)``, i.e. 16).
             A smaller value turns the pools that would go beyond it into 3x3 stride-1 pools (padding 1)
             and doubles the dilation of the convs after each such pool (DeepLab's atrous VGG-16).
@@ -40,7 +42,7 @@ class VGGEncoder(Encoder):
 
     def __init__(self, in_channels: int = 3, spatial_dims: int = 2, widths: Sequence[int] = VGG16_WIDTHS,
                  convs: Sequence[int] = VGG16_CONVS, depth: int = 5, batch_norm: bool = False,
-                 output_stride: int | None = None) -> None:
+                 ceil_mode: bool = False, output_stride: int | None = None) -> None:
         super().__init__()
         layers.check_spatial_dims(spatial_dims)
         if not 1 <= depth <= len(convs):
@@ -61,7 +63,7 @@ class VGGEncoder(Encoder):
                 modules.append(layers.max_pool(spatial_dims, 3, 1, padding=1))
                 dilation *= 2
             elif block > 0:
-                modules.append(layers.max_pool(spatial_dims, 2, 2))
+                modules.append(layers.max_pool(spatial_dims, 2, 2, ceil_mode=ceil_mode))
                 reduction *= 2
             reductions.append(reduction)
             for _ in range(count):
@@ -76,6 +78,8 @@ class VGGEncoder(Encoder):
         self.taps = taps
         self.spatial_dims = spatial_dims
         self.channels = [int(w) for w in widths[:depth]]
+        self.convs = [int(c) for c in convs[:depth]]
+        self.ceil_mode = ceil_mode
         self.reductions = reductions
         self.first_conv = "features.0.weight"
 

@@ -3,7 +3,8 @@
 A :class:`SegOutput`'s main logits and auxiliary maps (finest first) each get the wrapped loss, weighted
 ``1/2^i`` and normalised to sum 1 (or given weights). Where an auxiliary map is smaller than the target,
 the target is down-sampled with nearest-neighbour interpolation (``resize="target"``, nnU-Net) or the map
-is up-sampled (bi/trilinear) to the target (``resize="output"``, U-Net v2's polyp recipe).
+is up-sampled (bi/trilinear) to the target (``resize="output"``, U-Net v2's polyp recipe). The registered
+loss ``pspnet`` is the wrapper with PSPNet's weights (main 1, auxiliary 0.4).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 from medseg.errors import MedsegError
 from medseg.losses.base import check_choice
+from medseg.losses.registry import accepts_option, create_loss, register_loss
 from medseg.outputs import SegOutput
 
 RESIZE_MODES = ("target", "output")
@@ -111,3 +113,21 @@ class DeepSupervisionLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"weights={self.weights or '1/2^i'}, resize={self.resize!r}"
+
+
+@register_loss("pspnet")
+def pspnet_loss(mode: str = "auto", *, aux_weight: float = 0.4, base: str = "ce",
+                ignore_index: int | None = None, base_options: Mapping[str, Any] | None = None
+                ) -> DeepSupervisionLoss:
+    """PSPNet's training loss (Zhao et al. 2017, Sec. 4.1; hszhao/semseg ``main_loss + aux_weight *
+    aux_loss``): ``base`` (cross-entropy) on the main logits plus ``aux_weight`` (0.4) times it on the
+    auxiliary map, i.e. :class:`DeepSupervisionLoss` with weights ``[1, aux_weight]`` (not normalised).
+    A plain Tensor (eval mode, or a model without the auxiliary head) gets the base loss alone.
+    ``base_options`` go to ``base``; ``mode`` and ``ignore_index`` too when it takes them."""
+    if aux_weight < 0:
+        raise MedsegError(f"pspnet loss option aux_weight must be >= 0, got {aux_weight}")
+    options = dict(base_options or {})
+    for key, value in (("mode", mode), ("ignore_index", ignore_index)):
+        if key not in options and accepts_option(base, key):
+            options[key] = value
+    return DeepSupervisionLoss(create_loss(base, **options), weights=[1.0, aux_weight], resize="output")

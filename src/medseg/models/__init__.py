@@ -5,9 +5,15 @@ from medseg.models.conresnet import ConResNet
 from medseg.models.deeplabv1 import DeepLabV1
 from medseg.models.deeplabv2 import DeepLabV2
 from medseg.models.deeplabv3 import DeepLabV3, DeepLabV3Plus
+from medseg.models.fcdensenet import FCDenseNet
+from medseg.models.fcn import FCN
+from medseg.models.hrnet import HRNet
 from medseg.models.m2snet import M2SNet, MSNet
 from medseg.models.mask_rcnn import MaskRCNN
+from medseg.models.pan import PAN
+from medseg.models.pspnet import PSPNet
 from medseg.models.r2unet import R2UNet
+from medseg.models.refinenet import RefineNet
 from medseg.models.registry import (
     Reference,
     count_parameters,
@@ -17,16 +23,44 @@ from medseg.models.registry import (
     register_model,
     unregister_model,
 )
+from medseg.models.segnet import SegNet
 from medseg.models.unet import UNet, UNetDecoder, UNetEncoder
 from medseg.models.unet_v2 import EncoderUNet, UNetV2
 from medseg.models.unetpp import UNetPlusPlus
 from medseg.models.unext import UNeXt
 from medseg.models.vnet import VNet
 
-__all__ = [
-    "AttentionUNet", "ConResNet", "DeepLabV1", "DeepLabV2", "DeepLabV3", "DeepLabV3Plus",
-    "EncoderUNet", "M2SNet", "MSNet", "MaskRCNN", "R2UNet", "UNeXt", "UNet",
-    "UNetDecoder", "UNetEncoder", "UNetPlusPlus", "UNetV2", "VNet",
-    "Reference", "count_parameters", "create_model", "list_models", "model_info", "register_model",
+__all__ = [  # one name a line, so that modules added side by side merge
+    "AttentionUNet",
+    "ConResNet",
+    "DeepLabV1",
+    "DeepLabV2",
+    "DeepLabV3",
+    "DeepLabV3Plus",
+    "HRNet",
+    "FCDenseNet",
+    "FCN",
+    "M2SNet",
+    "MSNet",
+    "MaskRCNN",
+    "PAN",
+    "PSPNet",
+    "R2UNet",
+    "RefineNet",
+    "Reference",
+    "count_parameters",
+    "create_model",
+    "list_models",
+    "model_info",
+    "register_model",
     "unregister_model",
+    "SegNet",
+    "UNet",
+    "UNetDecoder",
+    "UNetEncoder",
+    "EncoderUNet",
+    "UNetV2",
+    "UNetPlusPlus",
+    "UNeXt",
+    "VNet",
 ]

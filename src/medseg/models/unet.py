@@ -24,6 +24,7 @@ from medseg.blocks.conv import DoubleConv
 from medseg.blocks.heads import DeepSupervisionHeads, SegmentationHead
 from medseg.blocks.sdi import SemanticDetailSkips
 from medseg.errors import InputSizeError, MedsegError, check_choice
+from medseg.layers import center_crop
 from medseg.models.base import SegmentationModel
 from medseg.models.registry import Reference, register_model
 from medseg.outputs import SegOutput
@@ -48,14 +49,6 @@ def level_widths(features: int | Sequence[int], depth: int) -> list[int]:
     if features < 1 or depth < 1:
         raise MedsegError(f"features and depth must be >= 1, got {features} and {depth}")
     return [features * 2**level for level in range(depth + 1)]
-
-
-def center_crop(x: Tensor, size: list[int]) -> Tensor:
-    """The centre of ``x`` at spatial ``size`` (the "copy and crop" of Fig. 1; a no-op at equal sizes)."""
-    for d in range(len(size)):
-        start = (x.shape[d + 2] - size[d]) // 2
-        x = x.narrow(d + 2, start, size[d])
-    return x
 
 
 class UpConvolution(nn.Sequential):
