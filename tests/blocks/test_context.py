@@ -177,3 +177,22 @@ def test_rmp_rejects_maps_smaller_than_the_largest_kernel(spatial_dims: int) -> 
     block = ResidualMultiKernelPooling(spatial_dims, 2)
     with pytest.raises(MedsegError):
         block(torch.randn(1, 2, *([5] * spatial_dims)))
+
+
+@pytest.mark.parametrize("spatial_dims", DIMS)
+def test_summed_aspp_is_the_sum_of_its_atrous_branches(spatial_dims: int) -> None:
+    from medseg.blocks.context import SummedASPP
+
+    block = SummedASPP(spatial_dims, 6, 3, rates=(1, 2, 3))
+    assert [b.dilation[0] for b in block.branches] == [1, 2, 3]
+    assert all(b.kernel_size[0] == 3 and b.bias is not None for b in block.branches)
+    x = _odd_input(spatial_dims, 6)
+    y = block(x)
+    assert y.shape == (2, 3, *ODD_SIZES[spatial_dims])
+    torch.testing.assert_close(y, sum(b(x) for b in block.branches))
+    assert_grads_finite(block, x)
+    vgg = SummedASPP(spatial_dims, 6, 3, rates=(1, 2), hidden_channels=5)
+    # fc6 3x3 (6 -> 5), fc7 1x1 (5 -> 5), fc8 1x1 (5 -> 3), all with bias, per branch
+    assert count_parameters(vgg) == 2 * (6 * 5 * 3 ** spatial_dims + 5 + 5 * 5 + 5 + 5 * 3 + 3)
+    with pytest.raises(MedsegError, match="at least one rate"):
+        SummedASPP(spatial_dims, 6, 3, rates=())

@@ -97,3 +97,16 @@ def test_deep_supervision_heads(spatial_dims: int) -> None:
     assert count_parameters(heads) == (8 * 2 + 2) + (4 * 2 + 2)
     with pytest.raises(ValueError):
         heads(features[:1])
+
+
+@pytest.mark.parametrize("spatial_dims", DIMS)
+def test_fcn_head_is_torchvisions_auxiliary_head(spatial_dims: int) -> None:
+    from medseg.blocks.heads import FCNHead
+
+    head = FCNHead(spatial_dims, 16, 3)
+    assert head[0].conv.kernel_size[0] == 3 and head[0].conv.out_channels == 4 and head[0].conv.bias is None
+    assert isinstance(head[1], nn.Dropout) and head[1].p == 0.1
+    y = head(_input(spatial_dims, 16))
+    assert y.shape == (2, 3, *([8] * spatial_dims))
+    # torchvision FCNHead(1024, 21): 3x3 1024 -> 256 (no bias), BN 256, 1x1 256 -> 21 with bias
+    assert count_parameters(FCNHead(2, 1024, 21)) == 1024 * 256 * 9 + 2 * 256 + 256 * 21 + 21

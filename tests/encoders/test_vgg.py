@@ -145,3 +145,22 @@ def test_ceil_mode_keeps_the_odd_last_row(spatial_dims: int) -> None:
     assert [f.shape[2] for f in floor(x)] == [19, 9, 4, 2, 1]
     assert [f.shape[2] for f in ceil(x)] == [19, 10, 5, 3, 2]  # ceil(19 / 2 ** i)
     assert ceil.ceil_mode and not floor.ceil_mode and ceil.convs == [2, 2, 3, 3, 3]
+
+
+def test_vgg_output_stride_8_is_deeplabs_atrous_vgg() -> None:
+    plain = create_encoder("vgg16", widths=(4, 6, 8, 8, 8))
+    atrous = create_encoder("vgg16", widths=(4, 6, 8, 8, 8), output_stride=8)
+    assert atrous.reductions == [1, 2, 4, 8, 8]
+    assert [(k, v.shape) for k, v in plain.state_dict().items()] == \
+        [(k, v.shape) for k, v in atrous.state_dict().items()]
+    pool4 = atrous.features[23]  # the max-pool before conv5_1 (index fixed by timm's layout)
+    assert isinstance(pool4, torch.nn.MaxPool2d)
+    assert (pool4.kernel_size, pool4.stride, pool4.padding) == (3, 1, 1)
+    assert [atrous.features[i].dilation for i in (24, 26, 28)] == [(2, 2)] * 3
+    assert atrous.features[21].dilation == (1, 1)
+    features = atrous(torch.randn(1, 3, 32, 32))
+    assert [f.shape[-1] for f in features] == [32, 16, 8, 4, 4]
+    four = create_encoder("vgg16", widths=(4, 6, 8, 8, 8), output_stride=4)
+    assert four.reductions == [1, 2, 4, 4, 4] and four.features[28].dilation == (4, 4)
+    with pytest.raises(MedsegError, match="power of 2"):
+        create_encoder("vgg16", output_stride=12)

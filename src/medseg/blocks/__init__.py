@@ -2,13 +2,21 @@
 
 from medseg.blocks.attention import CBAM, ChannelAttention, NonLocalBlock, SpatialAttention, SqueezeExcitation
 from medseg.blocks.attention_gate import AttentionGate, MultiAttentionGate
-from medseg.blocks.context import ASPP, DenseASPP, DenseAtrousConv, PyramidPooling, ResidualMultiKernelPooling
+from medseg.blocks.context import (
+    ASPP,
+    DenseASPP,
+    DenseAtrousConv,
+    PyramidPooling,
+    ResidualMultiKernelPooling,
+    SummedASPP,
+)
 from medseg.blocks.context_residual import (
     ContextResidualModule,
     PreActivationResidualBlock,
     inter_slice_residual,
 )
 from medseg.blocks.conv import ConvNormAct, DepthwiseSeparableConv, DoubleConv
+from medseg.blocks.crf import DenseCRF, build_crf
 from medseg.blocks.dense import (
     DenseBlock,
     DenseLayer,
@@ -17,7 +25,7 @@ from medseg.blocks.dense import (
     TransitionDown,
     TransitionUp,
 )
-from medseg.blocks.heads import DeepSupervisionHeads, SegmentationHead
+from medseg.blocks.heads import DeepSupervisionHeads, FCNHead, SegmentationHead
 from medseg.blocks.recurrent import RecurrentConv, RecurrentConvUnit, RecurrentResidualUnit
 from medseg.blocks.residual import BottleneckBlock, ResidualBlock, projection_shortcut
 from medseg.blocks.sdi import SemanticDetailInfusion, SemanticDetailSkips
@@ -34,13 +42,13 @@ from medseg.blocks.upsampling import BilinearUpsampling, MaxUnpool
 __all__ = [
     "ASPP", "AllOnesFilter", "AttentionGate", "BilinearUpsampling", "BottleneckBlock", "CBAM",
     "ChannelAttention", "ContextResidualModule", "ConvNormAct", "DeepSupervisionHeads", "DenseASPP",
-    "DenseAtrousConv",
-    "DenseBlock", "DenseLayer", "DepthwiseSeparableConv", "DoubleConv", "InceptionBlock", "MaxUnpool",
+    "DenseAtrousConv", "DenseBlock", "DenseCRF", "DenseLayer", "DepthwiseSeparableConv", "DoubleConv",
+    "FCNHead", "InceptionBlock", "MaxUnpool",
     "MultiAttentionGate", "MultiScaleFilters", "MultiScaleSubtractionUnit", "NonLocalBlock",
     "NormActConv", "OverlapPatchEmbed", "PreActivationResidualBlock", "PyramidPooling", "RecurrentConv",
     "RecurrentConvUnit", "RecurrentResidualUnit", "ResidualBlock", "ResidualMultiKernelPooling",
     "SegmentationHead", "SemanticDetailInfusion", "SemanticDetailSkips", "ShiftedMLP", "ShiftedMLPBlock",
-    "SpatialAttention", "SqueezeExcitation", "SubtractionPyramid", "SubtractionUnit", "TransitionDown",
-    "TransitionUp",
-    "inter_slice_residual", "projection_shortcut", "shift_tokens",
+    "SpatialAttention", "SqueezeExcitation", "SubtractionPyramid", "SubtractionUnit", "SummedASPP",
+    "TransitionDown", "TransitionUp", "build_crf", "inter_slice_residual", "projection_shortcut",
+    "shift_tokens",
 ]

@@ -1,4 +1,5 @@
-"""Multi-scale context blocks: ASPP, DenseASPP, pyramid pooling, CE-Net's DAC and RMP (2D and 3D)."""
+"""Multi-scale context blocks: ASPP (DeepLabV3's and V2's summed ASPP-L), DenseASPP, pyramid pooling,
+CE-Net's DAC and RMP (2D and 3D)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,42 @@ class ASPP(nn.Module):
         features = [branch(x) for branch in self.branches]
         features.append(layers.resize_to(self.image_pool(x), x.shape[2:]))
         return self.project(torch.cat(features, dim=1))
+
+
+class SummedASPP(nn.Module):
+    """DeepLabV2's ASPP-L (Chen et al. 2017, Sec. 3.1 and Fig. 4): parallel 3x3 atrous branches at rates
+    6, 12, 18, 24, each producing ``out_channels`` (the class scores), summed.
+
+    With ``hidden_channels`` each branch is the VGG-16 variant's fc6 (3x3 atrous, ``hidden_channels``)
+    -ReLU-dropout-fc7 (1x1)-ReLU-dropout-fc8 (1x1); without it (the ResNet-101 variant of the official
+    prototxt) a single 3x3 atrous conv with bias.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int,
+                 rates: Sequence[int] = (6, 12, 18, 24), hidden_channels: int | None = None,
+                 dropout: float = 0.5) -> None:
+        super().__init__()
+        if not rates:
+            raise MedsegError("SummedASPP needs at least one rate")
+
+        def branch(rate: int) -> nn.Module:
+            if hidden_channels is None:
+                return layers.conv(spatial_dims, in_channels, out_channels, 3, dilation=rate)
+            return nn.Sequential(
+                layers.conv(spatial_dims, in_channels, hidden_channels, 3, dilation=rate),
+                layers.activation("relu"), layers.dropout(spatial_dims, dropout),
+                layers.conv(spatial_dims, hidden_channels, hidden_channels, 1),
+                layers.activation("relu"), layers.dropout(spatial_dims, dropout),
+                layers.conv(spatial_dims, hidden_channels, out_channels, 1))
+
+        self.branches = nn.ModuleList(branch(rate) for rate in rates)
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.branches[0](x)
+        for branch in self.branches[1:]:
+            out = out + branch(x)
+        return out
 
 
 class DenseASPP(nn.Module):

@@ -1,4 +1,4 @@
-"""Output heads: the segmentation head and deep-supervision heads (2D and 3D)."""
+"""Output heads: the segmentation head, deep-supervision heads and the FCN auxiliary head (2D and 3D)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from medseg import layers
+from medseg.blocks.conv import ConvNormAct
 
 
 class SegmentationHead(nn.Sequential):
@@ -44,3 +45,16 @@ class DeepSupervisionHeads(nn.Module):
         if output_size is not None:
             outputs = [layers.resize_to(o, list(output_size)) for o in outputs]
         return outputs
+
+
+class FCNHead(nn.Sequential):
+    """torchvision's ``FCNHead``, the auxiliary head of its DeepLabV3 (and PSPNet's, Zhao et al. 2017):
+    3x3 conv (no bias) to ``in_channels // 4`` (or ``channels``), BN, ReLU, dropout 0.1, 1x1 conv to
+    ``num_classes``."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, num_classes: int, channels: int | None = None,
+                 dropout: float = 0.1, norm: str | None = "batch") -> None:
+        inter = channels or max(1, in_channels // 4)
+        super().__init__(ConvNormAct(spatial_dims, in_channels, inter, 3, norm=norm, act="relu"),
+                         layers.dropout(spatial_dims, dropout, channelwise=False),
+                         layers.conv(spatial_dims, inter, num_classes, 1))

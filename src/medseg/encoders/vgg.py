@@ -4,7 +4,8 @@ The convolutional part is one ``nn.Sequential`` named ``features`` whose indices
 ``vgg16_bn`` (identical to torchvision's): conv, [BN,] ReLU per layer and a 2x2 max-pool between blocks, so
 ``features.N.weight`` of a timm or torchvision weight file loads key for key (the classifier is ignored).
 The returned levels are the last ReLU of each block, before its max-pool (relu1_2, relu2_2, relu3_3,
-relu4_3, relu5_3): reductions 1, 2, 4, 8, 16.
+relu4_3, relu5_3): reductions 1, 2, 4, 8, 16. ``output_stride=8`` (DeepLab, Chen et al. 2015, Sec. 3.1)
+makes the last max-pool 3x3 with stride 1 and dilates the convs after it by 2 (the keys do not change).
 """
 
 from __future__ import annotations
@@ -34,25 +35,40 @@ class VGGEncoder(Encoder):
         batch_norm: a BatchNorm after each conv (``vgg16_bn``).
         ceil_mode: max-pools round up (Caffe's pooling, as the official FCN), so odd sizes keep their last
             row and column: level ``i`` is ``ceil(size / 2 ** i)``.
+        output_stride: the coarsest level's reduction, a power of 2 (default ``2 ** (depth - 1)``, i.e. 16).
+            A smaller value turns the pools that would go beyond it into 3x3 stride-1 pools (padding 1)
+            and doubles the dilation of the convs after each such pool (DeepLab's atrous VGG-16).
     """
 
     def __init__(self, in_channels: int = 3, spatial_dims: int = 2, widths: Sequence[int] = VGG16_WIDTHS,
                  convs: Sequence[int] = VGG16_CONVS, depth: int = 5, batch_norm: bool = False,
-                 ceil_mode: bool = False) -> None:
+                 ceil_mode: bool = False, output_stride: int | None = None) -> None:
         super().__init__()
         layers.check_spatial_dims(spatial_dims)
         if not 1 <= depth <= len(convs):
             raise MedsegError(f"VGG depth must be between 1 and {len(convs)}, got {depth}")
         if len(widths) != len(convs):
             raise MedsegError(f"VGG widths needs {len(convs)} values (one per block), got {len(widths)}")
+        full_stride = 2 ** (depth - 1)
+        output_stride = full_stride if output_stride is None else output_stride
+        if output_stride < 1 or output_stride > full_stride or output_stride & (output_stride - 1):
+            raise MedsegError(f"VGG output_stride must be a power of 2 up to {full_stride} (depth {depth}), "
+                              f"got {output_stride!r}")
         modules: list[nn.Module] = []
         taps: list[int] = []
-        channels = in_channels
+        reductions: list[int] = []
+        channels, reduction, dilation = in_channels, 1, 1
         for block, (width, count) in enumerate(zip(widths[:depth], convs[:depth], strict=True)):
-            if block > 0:
+            if block > 0 and reduction * 2 > output_stride:
+                modules.append(layers.max_pool(spatial_dims, 3, 1, padding=1))
+                dilation *= 2
+            elif block > 0:
                 modules.append(layers.max_pool(spatial_dims, 2, 2, ceil_mode=ceil_mode))
+                reduction *= 2
+            reductions.append(reduction)
             for _ in range(count):
-                modules.append(layers.conv(spatial_dims, channels, width, 3, padding=1, bias=True))
+                modules.append(layers.conv(spatial_dims, channels, width, 3, padding=dilation,
+                                           dilation=dilation, bias=True))
                 if batch_norm:
                     modules.append(layers.norm("batch", spatial_dims, width))
                 modules.append(layers.activation("relu"))
@@ -64,7 +80,7 @@ class VGGEncoder(Encoder):
         self.channels = [int(w) for w in widths[:depth]]
         self.convs = [int(c) for c in convs[:depth]]
         self.ceil_mode = ceil_mode
-        self.reductions = [2 ** i for i in range(depth)]
+        self.reductions = reductions
         self.first_conv = "features.0.weight"
 
     def forward(self, x: Tensor) -> list[Tensor]:

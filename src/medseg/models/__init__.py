@@ -3,6 +3,9 @@
 from medseg.models.attention_unet import AttentionUNet
 from medseg.models.conresnet import ConResNet
 from medseg.models.convlstm_unet import ConvLSTMUNet
+from medseg.models.deeplabv1 import DeepLabV1
+from medseg.models.deeplabv2 import DeepLabV2
+from medseg.models.deeplabv3 import DeepLabV3, DeepLabV3Plus
 from medseg.models.dense_unet import DenseUNet
 from medseg.models.enet import ENet
 from medseg.models.erfnet import ERFNet
@@ -38,22 +41,26 @@ from medseg.models.vnet import VNet
 __all__ = [  # one name a line, so that modules added side by side merge
     "AttentionUNet",
     "ConResNet",
-    "FCDenseNet",
-    "FCN",
-    "HRNet",
-    "M2SNet",
-    "MSNet",
-    "MaskRCNN",
-    "PAN",
-    "PSPNet",
     "ConvLSTMUNet",
     "DenseUNet",
     "ENet",
     "ERFNet",
     "FastSCNN",
+    "DeepLabV1",
+    "DeepLabV2",
+    "DeepLabV3",
+    "DeepLabV3Plus",
+    "FCDenseNet",
+    "FCN",
     "HDenseUNet",
+    "HRNet",
+    "M2SNet",
+    "MSNet",
+    "MaskRCNN",
     "MultiResUNet",
     "NonLocalUNet",
+    "PAN",
+    "PSPNet",
     "R2UNet",
     "RefineNet",
     "Reference",
