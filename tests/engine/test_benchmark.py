@@ -162,3 +162,16 @@ def test_format_table_has_the_columns_and_ratios_against_the_peer() -> None:
 def test_format_table_rejects_an_absent_peer() -> None:
     with pytest.raises(MedsegError, match="peer 'c'"):
         format_table([result("a", 1.0)], peer="c")
+
+
+def test_pointrend_suffix_wraps_the_model_and_other_suffixes_are_refused() -> None:
+    from medseg.engine.benchmark import resolve_target
+    from medseg.errors import MedsegError
+    from medseg.models.pointrend import PointRend
+
+    target = resolve_target("unet+pointrend")
+    assert target.name == "unet+pointrend"
+    model = target.build(in_channels=1, num_classes=1, spatial_dims=2, features=4, depth=2)
+    assert isinstance(model, PointRend)
+    with pytest.raises(MedsegError, match="only suffix"):
+        resolve_target("unet+crf")

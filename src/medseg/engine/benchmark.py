@@ -40,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from medseg.engine.device import resolve_device
 from medseg.errors import InputSizeError, MedsegError
 from medseg.models.base import SegmentationModel, nearest_multiples
+from medseg.models.pointrend import wrap_pointrend
 from medseg.models.registry import alias_defaults, count_parameters, create_model, get_entry
 from medseg.outputs import SegOutput
 
@@ -122,8 +123,13 @@ PEERS: dict[str, BenchmarkTarget] = {
 }
 
 
+#: ``MODEL+pointrend`` benchmarks the model wrapped by :func:`~medseg.models.pointrend.wrap_pointrend`.
+POINTREND_SUFFIX = "pointrend"
+
+
 def resolve_target(name: str) -> BenchmarkTarget:
-    """A registry model (or alias) or a peer such as ``monai:basicunet``; unknown names raise.
+    """A registry model (or alias), the same with ``+pointrend`` (wrapped with the PointRend head at its
+    default options), or a peer such as ``monai:basicunet``; unknown names raise.
 
     An alias that implies the dims (``unet3d``) restricts the target to those dims.
     """
@@ -132,14 +138,21 @@ def resolve_target(name: str) -> BenchmarkTarget:
         if key not in PEERS:
             raise MedsegError(f"unknown peer model {name!r}; known peers: {', '.join(PEERS)}")
         return PEERS[key]
+    key, plus, extra = key.partition("+")
+    if plus and extra != POINTREND_SUFFIX:
+        raise MedsegError(f"model {name!r}: the only suffix is '+{POINTREND_SUFFIX}' (the PointRend wrap)")
     entry = get_entry(key)
     implied = alias_defaults(key).get("spatial_dims")
     dims = (implied,) if implied in entry.dims else entry.dims
 
     def build(**kwargs: Any) -> nn.Module:
-        return create_model(key, **kwargs)
+        model = create_model(key, **kwargs)
+        if plus:  # eval mode: adaptive subdivision up to the input size
+            model = wrap_pointrend(model, {}, num_classes=kwargs.get("num_classes"))
+        return model
 
-    return BenchmarkTarget(entry.name, tuple(dims), entry.input_multiple, build)
+    label = f"{entry.name}+{POINTREND_SUFFIX}" if plus else entry.name
+    return BenchmarkTarget(label, tuple(dims), entry.input_multiple, build)
 
 
 def check_size(target: BenchmarkTarget, size: int) -> None:
