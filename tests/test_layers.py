@@ -42,6 +42,8 @@ def test_norms_of_every_kind(spatial_dims: int) -> None:
     assert type(layers.norm("BATCH", spatial_dims, 6)) is batch
     assert type(layers.norm("instance", spatial_dims, 6)) is instance
     assert layers.norm("instance", spatial_dims, 6).affine
+    plain = layers.norm("instance_noaffine", spatial_dims, 6)
+    assert type(plain) is instance and not plain.affine and not list(plain.parameters())
     group = layers.norm("group", spatial_dims, 12, num_groups=8)
     assert isinstance(group, nn.GroupNorm) and group.num_groups == 4  # largest divisor of 12 <= 8
     assert isinstance(layers.norm("layer", spatial_dims, 6), layers.ChannelLayerNorm)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from medseg.errors import MedsegError
 
 SUPPORTED_DIMS = (2, 3)
-NORMS = ("batch", "frozen_batch", "group", "instance", "layer", "none")
+NORMS = ("batch", "frozen_batch", "group", "instance", "instance_noaffine", "layer", "none")
 ACTIVATIONS = ("relu", "leaky_relu", "prelu", "gelu", "elu", "none")
 Padding = int | Literal["same", "valid"]
 
@@ -147,7 +147,8 @@ def group_count(channels: int, requested: int) -> int:
 def norm(kind: str | None, spatial_dims: int, channels: int, num_groups: int = 8,
          affine: bool = True) -> nn.Module:
     """A normalisation layer: ``batch``, ``frozen_batch`` (:class:`FrozenBatchNorm`), ``group``,
-    ``instance``, ``layer`` (channel-wise) or ``none``."""
+    ``instance``, ``instance_noaffine`` (no scale and shift: MONAI's and nnU-Net's ``instance``),
+    ``layer`` (channel-wise) or ``none``."""
     check_spatial_dims(spatial_dims)
     kind = (kind or "none").lower()
     if kind == "batch":
@@ -156,6 +157,8 @@ def norm(kind: str | None, spatial_dims: int, channels: int, num_groups: int = 8
         return FrozenBatchNorm(channels)
     if kind == "instance":
         return _pick(spatial_dims, nn.InstanceNorm2d, nn.InstanceNorm3d)(channels, affine=affine)
+    if kind == "instance_noaffine":
+        return _pick(spatial_dims, nn.InstanceNorm2d, nn.InstanceNorm3d)(channels, affine=False)
     if kind == "group":
         return nn.GroupNorm(group_count(channels, num_groups), channels, affine=affine)
     if kind == "layer":

@@ -1,21 +1,26 @@
 """The model zoo: importing this package registers every model in :mod:`medseg.models.registry`."""
 
 from medseg.models.attention_unet import AttentionUNet
+from medseg.models.cenet import CENet
 from medseg.models.conresnet import ConResNet
 from medseg.models.convlstm_unet import ConvLSTMUNet
 from medseg.models.deeplabv1 import DeepLabV1
 from medseg.models.deeplabv2 import DeepLabV2
 from medseg.models.deeplabv3 import DeepLabV3, DeepLabV3Plus
 from medseg.models.dense_unet import DenseUNet
+from medseg.models.densevoxelnet import DenseVoxelNet
 from medseg.models.enet import ENet
 from medseg.models.erfnet import ERFNet
 from medseg.models.fast_scnn import FastSCNN
 from medseg.models.fcdensenet import FCDenseNet
 from medseg.models.fcn import FCN
+from medseg.models.fcn3d import FCN3D
 from medseg.models.h_denseunet import HDenseUNet
+from medseg.models.highresnet import HighResNet
 from medseg.models.hrnet import HRNet
 from medseg.models.m2snet import M2SNet, MSNet
 from medseg.models.mask_rcnn import MaskRCNN
+from medseg.models.miniseg import MiniSeg
 from medseg.models.multiresunet import MultiResUNet
 from medseg.models.nonlocal_unet import NonLocalUNet
 from medseg.models.pan import PAN
@@ -31,25 +36,29 @@ from medseg.models.registry import (
     register_model,
     unregister_model,
 )
+from medseg.models.residual_unet import ResidualUNet
 from medseg.models.segnet import SegNet
+from medseg.models.skipdensenet import SkipDenseNet3D
 from medseg.models.unet import UNet, UNetDecoder, UNetEncoder
 from medseg.models.unet_v2 import EncoderUNet, UNetV2
 from medseg.models.unetpp import UNetPlusPlus
+from medseg.models.unetr import UNETR
 from medseg.models.unext import UNeXt
 from medseg.models.vnet import VNet
 
 __all__ = [  # one name a line, so that modules added side by side merge
     "AttentionUNet",
+    "CENet",
     "ConResNet",
     "ConvLSTMUNet",
-    "DenseUNet",
-    "ENet",
-    "ERFNet",
-    "FastSCNN",
     "DeepLabV1",
     "DeepLabV2",
     "DeepLabV3",
     "DeepLabV3Plus",
+    "DenseUNet",
+    "ENet",
+    "ERFNet",
+    "FastSCNN",
     "FCDenseNet",
     "FCN",
     "HDenseUNet",
@@ -61,6 +70,10 @@ __all__ = [  # one name a line, so that modules added side by side merge
     "NonLocalUNet",
     "PAN",
     "PSPNet",
+    "DenseVoxelNet",
+    "FCN3D",
+    "HighResNet",
+    "MiniSeg",
     "R2UNet",
     "RefineNet",
     "Reference",
@@ -71,12 +84,15 @@ __all__ = [  # one name a line, so that modules added side by side merge
     "register_model",
     "unregister_model",
     "SegNet",
+    "ResidualUNet",
+    "SkipDenseNet3D",
     "UNet",
     "UNetDecoder",
     "UNetEncoder",
     "EncoderUNet",
     "UNetV2",
     "UNetPlusPlus",
+    "UNETR",
     "UNeXt",
     "VNet",
 ]
