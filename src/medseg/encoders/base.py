@@ -313,3 +313,21 @@ def load_encoder_weights(encoder: Encoder, path: str | Path, *, strict: bool = T
         raise MedsegError(f"{path}: does not fit encoder {type(encoder).__name__}: {'; '.join(problems)}")
     encoder.load_state_dict(usable, strict=False)
     return LoadReport(len(usable), ignored, missing, unexpected, mismatched, adapted)
+
+
+def build_atrous_encoder(encoder: str | Encoder | Mapping[Any, Any] | None,
+                         encoder_options: Mapping[Any, Any] | None, encoder_weights: str | Path | None,
+                         in_channels: int, spatial_dims: int, output_stride: int,
+                         default: Mapping[int, str]) -> Encoder:
+    """The atrous encoder of a model at ``output_stride`` (DeepLab, PSPNet, PAN): a named encoder gets
+    ``output_stride`` (its last strides turned into dilation), an instance must already have it; the
+    coarsest reduction is checked either way."""
+    options = dict(for_dims(encoder_options, spatial_dims) or {})
+    if not isinstance(for_dims(encoder, spatial_dims), Encoder):
+        options.setdefault("output_stride", output_stride)
+    built = build_encoder(encoder, in_channels=in_channels, spatial_dims=spatial_dims,
+                          weights=encoder_weights, options=options, default=default)
+    if max(built.reductions) != output_stride:
+        raise MedsegError(f"the encoder's output stride is {max(built.reductions)}, the model's "
+                          f"output_stride is {output_stride}")
+    return built

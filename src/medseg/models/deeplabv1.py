@@ -11,36 +11,19 @@ fc_channels=4096``. The fully connected CRF (Sec. 4) is the ``crf`` option, appl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
 
 from medseg import layers
 from medseg.blocks.crf import DenseCRF, build_crf
-from medseg.encoders.base import Encoder, build_encoder
+from medseg.encoders.base import Encoder, build_atrous_encoder
 from medseg.errors import MedsegError
 from medseg.models.base import SegmentationModel
 from medseg.models.registry import Reference, register_model
 
 PAPER = ("Chen et al. 2015, Semantic Image Segmentation with Deep Convolutional Nets and Fully Connected "
          "CRFs (DeepLab-LargeFOV)")
-
-
-def deeplab_encoder(encoder: str | Encoder | Mapping[Any, Any] | None, encoder_options: dict[str, Any] | None,
-                    encoder_weights: str | None, in_channels: int, spatial_dims: int, output_stride: int,
-                    default: Mapping[int, str]) -> Encoder:
-    """The atrous encoder of a DeepLab model: a named encoder gets ``output_stride`` (strides turned into
-    dilation), an instance must already have it; the coarsest reduction is checked either way."""
-    options = dict(encoder_options or {})
-    if not isinstance(encoder, Encoder):
-        options.setdefault("output_stride", output_stride)
-    built = build_encoder(encoder, in_channels=in_channels, spatial_dims=spatial_dims,
-                          weights=encoder_weights, options=options, default=default)
-    if max(built.reductions) != output_stride:
-        raise MedsegError(f"the encoder's output stride is {max(built.reductions)}, the model's "
-                          f"output_stride is {output_stride}")
-    return built
 
 
 class DeepLabV1(SegmentationModel):
@@ -69,8 +52,8 @@ class DeepLabV1(SegmentationModel):
         if fc_channels < 1 or fc6_kernel < 1 or fc6_dilation < 1:
             raise MedsegError("fc_channels, fc6_kernel and fc6_dilation must be >= 1")
         self.spatial_dims = spatial_dims
-        self.encoder = deeplab_encoder(encoder, encoder_options, encoder_weights, in_channels, spatial_dims,
-                                       output_stride, {2: "vgg16", 3: "vgg16"})
+        self.encoder = build_atrous_encoder(encoder, encoder_options, encoder_weights, in_channels,
+                                            spatial_dims, output_stride, {2: "vgg16", 3: "vgg16"})
         self.input_multiple = self.encoder.input_multiple
         self.pool5 = layers.max_pool(spatial_dims, 3, 1, padding=1)
         # = AvgPool(3, 1, padding=1) counting the padding; the explicit pad lets 3D maps smaller than the

@@ -20,9 +20,8 @@ from torch import Tensor
 from medseg import layers
 from medseg.blocks.context import SummedASPP
 from medseg.blocks.crf import DenseCRF, build_crf
-from medseg.encoders.base import Encoder
+from medseg.encoders.base import Encoder, build_atrous_encoder
 from medseg.models.base import SegmentationModel
-from medseg.models.deeplabv1 import deeplab_encoder
 from medseg.models.registry import Reference, register_model
 
 PAPER = ("Chen et al. 2017, DeepLab: Semantic Image Segmentation with Deep Convolutional Nets, Atrous "
@@ -54,8 +53,8 @@ class DeepLabV2(SegmentationModel):
         super().__init__()
         layers.check_spatial_dims(spatial_dims)
         self.spatial_dims = spatial_dims
-        self.encoder = deeplab_encoder(encoder, encoder_options, encoder_weights, in_channels, spatial_dims,
-                                       output_stride, {2: "resnet101", 3: "resnet101"})
+        self.encoder = build_atrous_encoder(encoder, encoder_options, encoder_weights, in_channels,
+                                            spatial_dims, output_stride, {2: "resnet101", 3: "resnet101"})
         self.input_multiple = self.encoder.input_multiple
         self.aspp = SummedASPP(spatial_dims, self.encoder.channels[-1], num_classes, rates, branch_channels,
                                dropout)

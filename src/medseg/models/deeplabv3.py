@@ -30,10 +30,9 @@ from medseg.blocks.context import ASPP
 from medseg.blocks.conv import ConvNormAct, DepthwiseSeparableConv
 from medseg.blocks.crf import DenseCRF, build_crf
 from medseg.blocks.heads import FCNHead
-from medseg.encoders.base import Encoder
+from medseg.encoders.base import Encoder, build_atrous_encoder
 from medseg.errors import MedsegError
 from medseg.models.base import SegmentationModel
-from medseg.models.deeplabv1 import deeplab_encoder
 from medseg.models.registry import Reference, register_model
 from medseg.outputs import SegOutput
 
@@ -80,8 +79,8 @@ class DeepLabV3(SegmentationModel):
         if aspp_channels < 1:
             raise MedsegError(f"aspp_channels must be >= 1, got {aspp_channels}")
         self.spatial_dims = spatial_dims
-        self.encoder = deeplab_encoder(encoder, encoder_options, encoder_weights, in_channels, spatial_dims,
-                                       output_stride, self.default_encoder)
+        self.encoder = build_atrous_encoder(encoder, encoder_options, encoder_weights, in_channels,
+                                            spatial_dims, output_stride, self.default_encoder)
         self.input_multiple = self.encoder.input_multiple
         self.separable = separable
         self.norm = norm

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from medseg import layers
 from medseg.blocks.pyramid_attention import FeaturePyramidAttention, GlobalAttentionUpsample
-from medseg.encoders.base import Encoder, build_encoder, for_dims
+from medseg.encoders.base import Encoder, build_atrous_encoder
 from medseg.errors import MedsegError
 from medseg.models.base import SegmentationModel
 from medseg.models.registry import register_model
@@ -53,11 +53,8 @@ class PAN(SegmentationModel):
         if channels < 1:
             raise MedsegError(f"PAN channels must be >= 1, got {channels}")
         self.spatial_dims = spatial_dims
-        options = for_dims(encoder_options, spatial_dims)
-        if not isinstance(for_dims(encoder, spatial_dims), Encoder):
-            options = {"output_stride": output_stride, **dict(options or {})}
-        self.encoder = build_encoder(encoder, in_channels=in_channels, spatial_dims=spatial_dims,
-                                     weights=encoder_weights, options=options, default=DEFAULT_ENCODER)
+        self.encoder = build_atrous_encoder(encoder, encoder_options, encoder_weights, in_channels,
+                                            spatial_dims, output_stride, DEFAULT_ENCODER)
         widths = self.encoder.channels
         if not 0 <= decoder_levels < len(widths):
             raise MedsegError(f"PAN decoder_levels must lie in 0..{len(widths) - 1}, got {decoder_levels}")

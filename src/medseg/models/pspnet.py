@@ -27,7 +27,7 @@ from medseg import layers
 from medseg.blocks.context import PyramidPooling
 from medseg.blocks.conv import ConvNormAct
 from medseg.blocks.residual import BottleneckBlock, ResidualBlock
-from medseg.encoders.base import Encoder, build_encoder, for_dims
+from medseg.encoders.base import Encoder, build_atrous_encoder
 from medseg.errors import MedsegError
 from medseg.models.base import SegmentationModel
 from medseg.models.registry import Reference, register_model
@@ -93,11 +93,8 @@ class PSPNet(SegmentationModel):
             raise MedsegError(f"PSPNet channels, aux_channels and bins must be positive, got {channels}, "
                               f"{aux_channels} and {list(bins)}")
         self.spatial_dims = spatial_dims
-        options = for_dims(encoder_options, spatial_dims)
-        if not isinstance(for_dims(encoder, spatial_dims), Encoder):
-            options = {"output_stride": output_stride, **dict(options or {})}
-        self.encoder = build_encoder(encoder, in_channels=in_channels, spatial_dims=spatial_dims,
-                                     weights=encoder_weights, options=options, default=DEFAULT_ENCODER)
+        self.encoder = build_atrous_encoder(encoder, encoder_options, encoder_weights, in_channels,
+                                            spatial_dims, output_stride, DEFAULT_ENCODER)
         if official_dilation:
             dilate_first_blocks(self.encoder)
         if len(self.encoder.channels) < 2:
