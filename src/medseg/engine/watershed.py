@@ -6,7 +6,8 @@ watershed on its distance transform (scipy only; the classic nuclei pipeline).
 2. Markers, h-maxima-like with a minimum distance: the pixels that are the maximum of the distance within
    ``min_distance`` pixels (``maximum_filter`` over a disc of that radius) and at least ``threshold`` deep
    (distance >= ``threshold``); touching marker pixels (plateaus, 8-connected) form one marker
-   (``ndimage.label``).
+   (``ndimage.label``); of markers closer than ``min_distance`` (equal peaks) only the highest is kept
+   (ties: the first in scan order), as ``peak_local_max`` does.
 3. Flooding of the inverted distance from the markers, level by level (distance quantised to
    ``1 / LEVELS_PER_PIXEL`` pixel, from the deepest level out): at each level the labels grow by
    geodesic dilation (8-connected, ``grey_dilation`` of the label map) into the unlabelled mask pixels
@@ -67,10 +68,21 @@ def _ball(ndim: int, radius: int) -> np.ndarray:
 def _markers(distance: np.ndarray, options: WatershedOptions) -> tuple[np.ndarray, int]:
     peaks = distance == ndimage.maximum_filter(distance, footprint=_ball(distance.ndim, options.min_distance),
                                                mode="constant", cval=0.0)
-    peaks &= (distance >= max(options.threshold, np.finfo(np.float32).tiny)) & (distance > 0)
+    peaks &= (distance >= options.threshold) & (distance > 0)
     full = ndimage.generate_binary_structure(distance.ndim, distance.ndim)
-    markers, count = ndimage.label(peaks, structure=full)
-    return markers, count
+    plateaus, count = ndimage.label(peaks, structure=full)
+    if count < 2:
+        return plateaus, count
+    index = np.arange(1, count + 1)
+    centres = np.asarray(ndimage.center_of_mass(peaks, plateaus, index))
+    heights = np.asarray(ndimage.maximum(distance, plateaus, index))
+    kept: list[int] = []  # highest first; equal peaks closer than min_distance: the first in scan order
+    for k in np.argsort(-heights, kind="stable"):
+        if not kept or np.min(np.linalg.norm(centres[kept] - centres[k], axis=1)) >= options.min_distance:
+            kept.append(int(k))
+    relabel = np.zeros(count + 1, dtype=np.int32)
+    relabel[np.asarray(kept) + 1] = np.arange(1, len(kept) + 1)
+    return relabel[plateaus], len(kept)
 
 
 def _flood(levels: np.ndarray, labels: np.ndarray, structure: np.ndarray) -> np.ndarray:
