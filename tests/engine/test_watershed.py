@@ -104,9 +104,9 @@ def test_predict_with_watershed_writes_16_bit_instance_maps(tmp_path: Path, brig
     images = tmp_path / "images"
     write_image(images / "pair.png", touching_discs()[None].astype(np.uint8) * np.uint8(200))
     model = BrightIsForeground()
+    scaled = Preprocessor(normalization="rgb", norm_stats={"max_value": 255}).to_dict()
     ckpt = make_checkpoint(model, name=bright_model, in_channels=1, num_classes=1, spatial_dims=2,
-                           label_mode="binary",
-                           preprocessing=Preprocessor(normalization="rgb", norm_stats={"max_value": 255}).to_dict(),
+                           label_mode="binary", preprocessing=scaled,
                            inference={"mirror": False, "overlays": False,
                                       "postprocess": {"instances": "watershed", "watershed_min_distance": 4}})
     checkpoint = save_checkpoint(tmp_path / "best.pt", ckpt)
