@@ -396,6 +396,18 @@ def configure_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fill-holes", action="store_true", help="fill holes in each class")
     parser.add_argument("--min-size", type=int, default=0, metavar="N",
                         help="remove components smaller than N voxels (default: 0, keep all)")
+    parser.add_argument("--instances", choices=("watershed",), default=None,
+                        help="binary models: split the foreground into a 16-bit instance label map "
+                             "(watershed on the distance transform)")
+    parser.add_argument("--watershed-min-distance", type=int, default=3, metavar="N",
+                        help="watershed markers: distance maxima at least N pixels apart (default: 3)")
+    parser.add_argument("--watershed-threshold", type=float, default=1.0, metavar="D",
+                        help="watershed markers: at least D pixels from the background (default: 1)")
+    parser.add_argument("--watershed-min-size", type=int, default=0, metavar="N",
+                        help="remove instances smaller than N pixels (default: 0, keep all)")
+    parser.add_argument("--instances-json", action="store_true",
+                        help="instance checkpoints (Mask R-CNN): also write {case}_instances.json with the "
+                             "scores, labels and boxes of the instances")
     _add_channels_suffix(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -416,13 +428,16 @@ def run_predict(args: argparse.Namespace) -> int:
         raise MedsegError(f"--min-size must be >= 0, got {args.min_size}")
     *checkpoints, source, target = args.paths
     options = None
-    if args.largest_component or args.fill_holes or args.min_size:
+    if args.largest_component or args.fill_holes or args.min_size or args.instances:
         options = PostprocessOptions(largest_component=args.largest_component, fill_holes=args.fill_holes,
-                                     min_component_voxels=args.min_size)
+                                     min_component_voxels=args.min_size, instances=args.instances,
+                                     watershed_min_distance=args.watershed_min_distance,
+                                     watershed_threshold=args.watershed_threshold,
+                                     watershed_min_size=args.watershed_min_size)
     written = predict_paths(checkpoints, source, target, tta=False if args.no_tta else None, step=args.step,
                             save_probabilities=args.probabilities, overlays=not args.no_overlays,
                             postprocess=options, device=args.device, progress=not args.no_progress,
-                            channels_suffix=args.channels_suffix)
+                            channels_suffix=args.channels_suffix, instances_json=args.instances_json)
     print(f"{PROG}: wrote {len(written)} predictions to {Path(target) if len(written) != 1 else written[0]}",
           file=sys.stderr)
     return 0

@@ -48,23 +48,27 @@ def test_every_preset_loads_validates_and_builds_its_model(path: Path, tmp_path:
     channels = config.data.output_channels(None) or 2  # None: derived from the data set at run time
     model = create_model(config.model.name, in_channels=3 if config.data.normalization == "rgb" else 1,
                          num_classes=channels, spatial_dims=dims, **config.model.options)
-    default_loss = model_info(config.model.name)["default_loss"]
-    spec = config.loss.build_spec(config.data.label_mode, default_loss)
-    for term in spec["losses"]:  # weight files named by a preset are the user's to provide (LossNet's VGG)
-        if isinstance(term.get("weights"), str) and not Path(term["weights"]).is_file():
-            term.update(weights=None, random_features=True)
-    loss = build_loss(spec)
-    assert isinstance(loss, torch.nn.Module)
+    info = model_info(config.model.name)
+    if info["task"] == "semantic":  # instance models (Mask R-CNN) compute their own losses
+        spec = config.loss.build_spec(config.data.label_mode, info["default_loss"])
+        for term in spec["losses"]:  # weight files named by a preset are the user's (LossNet's VGG)
+            if isinstance(term.get("weights"), str) and not Path(term["weights"]).is_file():
+                term.update(weights=None, random_features=True)
+        loss = build_loss(spec)
+        assert isinstance(loss, torch.nn.Module)
     shape = config.data.patch_size or config.data.resize
     if shape is not None:  # the training shape suits the network's input multiple
-        assert all(s % model.input_multiple == 0 for s in shape)
+        multiple = getattr(model, "input_multiple", None) or info["input_multiple"]
+        assert all(s % multiple == 0 for s in shape)
     assert load_config(save_config(config, tmp_path / "config.yaml")) == config
 
 
 def test_validation_metrics_are_case_metrics_and_error_rates_are_lower_is_better() -> None:
     from medseg.metrics.case import METRIC_NAMES
+    from medseg.metrics.instance import AP_METRICS, CASE_METRICS
 
-    assert set(config_module.VAL_METRICS) <= set(METRIC_NAMES)
+    assert set(config_module.SEMANTIC_VAL_METRICS) <= set(METRIC_NAMES)
+    assert set(config_module.INSTANCE_VAL_METRICS) <= set(CASE_METRICS + AP_METRICS)
     config = load_config(None, ["train.val_metrics=[dice, fpr, fnr]", "train.best_metric=fnr"])
     assert config.train.best_metric == "fnr"
     assert {"fpr", "fnr"} <= config_module.LOWER_IS_BETTER and "recall" not in config_module.LOWER_IS_BETTER

@@ -28,8 +28,10 @@ from medseg.data.preprocess import Preprocessor, map_labels, normalize, resample
 from medseg.data.sampling import PatchSampler
 from medseg.data.synthetic import (
     make_lesion_volume,
+    make_nuclei_image,
     make_polyp_image,
     write_lesion_dataset,
+    write_nuclei_dataset,
     write_polyp_dataset,
 )
 
@@ -37,7 +39,7 @@ __all__ = [
     "AugmentationConfig", "BatchAugmenter", "Case", "CheckReport", "DataError", "Dataset", "Geometry",
     "PatchSampler", "PreprocessedCache", "Preprocessor", "build_train_loader", "case_id", "check_dataset",
     "has_non_finite", "image_extensions", "kfold_splits", "load_dataset", "make_lesion_volume",
-    "make_polyp_image", "map_labels", "normalize", "read_image", "read_mask", "read_splits", "resample",
-    "resize", "train_val_split", "write_image", "write_lesion_dataset", "write_mask", "write_polyp_dataset",
-    "write_splits",
+    "make_nuclei_image", "make_polyp_image", "map_labels", "normalize", "read_image", "read_mask",
+    "read_splits", "resample", "resize", "train_val_split", "write_image", "write_lesion_dataset",
+    "write_mask", "write_nuclei_dataset", "write_polyp_dataset", "write_splits",
 ]

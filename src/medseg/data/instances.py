@@ -23,8 +23,8 @@ def _as_numpy(x: ArrayLike) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
-def instance_targets_from_label_map(label_map: ArrayLike, class_map: ArrayLike | None = None
-                                    ) -> dict[str, Tensor]:
+def instance_targets_from_label_map(label_map: ArrayLike, class_map: ArrayLike | None = None,
+                                    min_pixels: int = 1) -> dict[str, Tensor]:
     """Per-object ``masks`` ``[N, *spatial]`` (uint8), ``boxes`` ``[N, 2d]`` (float32) and ``labels``
     ``[N]`` (int64) from an instance label map, objects in increasing id order.
 
@@ -32,6 +32,8 @@ def instance_targets_from_label_map(label_map: ArrayLike, class_map: ArrayLike |
         label_map: ``[*spatial]`` integers, 0 background, one id per object (ids need not be contiguous).
         class_map: optional semantic map of the same shape; an object's label is the most frequent
             nonzero class under it (1 when none). Without it every object has label 1.
+        min_pixels: objects of fewer pixels are left out (e.g. slivers that a patch crop left of an
+            object; an object cut away entirely by a crop is absent from the map anyway).
     """
     ids_map = _as_numpy(label_map)
     if ids_map.ndim not in (2, 3):
@@ -48,8 +50,8 @@ def instance_targets_from_label_map(label_map: ArrayLike, class_map: ArrayLike |
         if classes.shape != ids_map.shape:
             raise MedsegError(f"class map shape {classes.shape} differs from the label map's {ids_map.shape}")
     d = ids_map.ndim
-    ids = np.unique(ids_map)
-    ids = ids[ids > 0]
+    ids, counts = np.unique(ids_map, return_counts=True)
+    ids = ids[(ids > 0) & (counts >= max(int(min_pixels), 1))]
     masks = np.zeros((len(ids), *ids_map.shape), dtype=np.uint8)
     boxes = np.zeros((len(ids), 2 * d), dtype=np.float32)
     labels = np.ones(len(ids), dtype=np.int64)
@@ -68,6 +70,17 @@ def instance_targets_from_label_map(label_map: ArrayLike, class_map: ArrayLike |
                 labels[i] = np.bincount(under).argmax()
     return {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
             "masks": torch.from_numpy(masks)}
+
+
+def instance_targets_from_batch(labels: Tensor, min_pixels: int = 1) -> list[dict[str, Tensor]]:
+    """Mask R-CNN targets of a batch of instance label maps ``[B, 1, *spatial]`` (or ``[B, *spatial]``):
+    per image :func:`instance_targets_from_label_map` (objects below ``min_pixels`` dropped), on the
+    batch's device."""
+    if labels.dim() >= 4 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    maps = labels.detach().cpu().numpy()
+    return [{key: value.to(labels.device) for key, value in
+             instance_targets_from_label_map(m, min_pixels=min_pixels).items()} for m in maps]
 
 
 def label_map_from_masks(masks: ArrayLike, scores: ArrayLike | None = None,

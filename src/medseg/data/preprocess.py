@@ -427,6 +427,8 @@ class Preprocessor:
         crop_nonzero: crop to the box of non-zero voxels first (nnU-Net).
         resize_shape: resize to this spatial shape last (fixed-size 2D models), or ``None``.
         label_mapping: a mapping for :func:`map_labels` (values or regions), or ``None``.
+        binarize: after the mapping, every nonzero label value becomes 1 (instance label maps -> one
+            foreground class, e.g. for a semantic model followed by a watershed).
         image_order: spline order for images (1 linear, 3 cubic as nnU-Net).
         label_interpolation: ``nearest`` or ``linear_argmax`` (see :func:`resample_label`).
         anisotropy_threshold: spacing ratio that triggers separate low-resolution-axis resampling.
@@ -438,6 +440,7 @@ class Preprocessor:
     crop_nonzero: bool = False
     resize_shape: tuple[int, ...] | None = None
     label_mapping: dict[Any, Any] | None = None
+    binarize: bool = False
     image_order: int = 3
     label_interpolation: str = "nearest"
     anisotropy_threshold: float = ANISOTROPY_THRESHOLD
@@ -489,6 +492,8 @@ class Preprocessor:
                                                self.resize_shape)
         if label is not None and self.label_mapping is not None:
             label = map_labels(label, self.label_mapping)
+        if label is not None and self.binarize:
+            label = (label != 0).astype(np.uint8)
         return PreprocessedCase(image=image.astype(np.float32, copy=False), label=label,
                                 geometry=new_geometry, original_geometry=geometry,
                                 original_shape=original_shape, crop_box=box, resampled_shape=resampled_shape)
@@ -514,6 +519,8 @@ class Preprocessor:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON / YAML data (lists, not tuples)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not data["binarize"]:  # left out when off: the fingerprints (caches) of earlier runs stay valid
+            del data["binarize"]
         for key in ("target_spacing", "resize_shape"):
             data[key] = None if data[key] is None else list(data[key])
         return json.loads(json.dumps(data))

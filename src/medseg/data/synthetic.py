@@ -1,6 +1,6 @@
 """Synthetic segmentation data, the embedded default for the demo and the tests.
 
-Two generators and their writers:
+Three generators and their writers:
 
 - :func:`make_polyp_image`: a colonoscopy-like RGB frame (smooth reddish mucosa with fine texture,
   vessel-like lines and a vignette) holding one polyp-like blob with its own colour, shading and texture,
@@ -11,7 +11,12 @@ Two generators and their writers:
   to slice; each lesion has a class ``1..num_classes-1`` with its own intensity. Edges carry partial-volume
   blur; shapes are drawn in millimetres, so an anisotropic ``spacing`` gives thicker slices.
 
-:func:`write_polyp_dataset` and :func:`write_lesion_dataset` store them in real formats (PNG pairs; NIfTI
+- :func:`make_nuclei_image`: a fluorescence-like RGB image of bright round nuclei (discs, some touching)
+  on a dark background with an instance label map: 0 background, one random 16-bit id per nucleus (ids
+  not consecutive, most above 255), for instance segmentation.
+
+:func:`write_polyp_dataset`, :func:`write_nuclei_dataset` and :func:`write_lesion_dataset` store
+them in real formats (PNG pairs; NIfTI
 in the Decathlon / nnU-Net layout with a ``dataset.json``) through :func:`medseg.data.io.write_image`, so
 synthetic data go through the same readers as real data. Case ``i`` is drawn from the seed sequence
 ``(seed, i)``: the same seed gives the same arrays, whatever the number of cases. A ``synthetic.json``
@@ -342,6 +347,66 @@ def write_polyp_dataset(root: str | Path, n_cases: int = 200, size: tuple[int, i
             rgb, mask = make_polyp_image(_case_rng(seed, i), tuple(size))
             write_image(images[i], rgb)
             write_mask(masks[i], mask * np.uint8(255))
+        write_text_atomically(root / STAMP_NAME, json.dumps(params, indent=1) + "\n")
+    return root
+
+
+def make_nuclei_image(rng: np.random.Generator, size: tuple[int, int] = (96, 96), *,
+                      n_nuclei: tuple[int, int] = (4, 10), radius_range: tuple[float, float] = (5.0, 9.0)
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """One nuclei-like RGB image ``[3, H, W]`` uint8 and its instance label map ``[1, H, W]`` uint16.
+
+    Discs are placed at random, each touching or nearly touching another with probability 1/2 and
+    otherwise apart (no overlap beyond one pixel); each gets a distinct random id in 1..65535.
+    """
+    height, width = size
+    yy, xx = np.mgrid[0:height, 0:width]
+    wanted = int(rng.integers(n_nuclei[0], n_nuclei[1] + 1))
+    discs: list[tuple[float, float, float]] = []
+    for _ in range(50 * wanted):
+        if len(discs) == wanted:
+            break
+        r = float(rng.uniform(*radius_range))
+        if discs and rng.random() < 0.5:  # touching a previous disc
+            cy, cx, r0 = discs[int(rng.integers(len(discs)))]
+            angle = rng.uniform(0, 2 * np.pi)
+            y, x = cy + (r0 + r) * np.sin(angle), cx + (r0 + r) * np.cos(angle)
+        else:
+            y, x = rng.uniform(r, height - r), rng.uniform(r, width - r)
+        inside = r <= y <= height - r and r <= x <= width - r
+        if inside and all(np.hypot(y - cy, x - cx) >= r + r0 - 1.0 for cy, cx, r0 in discs):
+            discs.append((y, x, r))
+    ids = np.sort(rng.choice(np.arange(1, 65536), size=len(discs), replace=False)).astype(np.uint16)
+    label = np.zeros(size, dtype=np.uint16)
+    brightness = np.zeros(size)
+    for (cy, cx, r), identifier in zip(discs, ids, strict=True):
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        label[disc] = identifier
+        brightness[disc] = rng.uniform(0.6, 1.0) * (1.0 - 0.4 * ((yy[disc] - cy) ** 2 + (xx[disc] - cx) ** 2)
+                                                    / (r * r))
+    texture = 0.08 * _smooth_field(rng, size, 2.0) + 0.04 * rng.standard_normal(size)
+    grey = ndimage.gaussian_filter(brightness, 0.8) + 0.1 + texture
+    tint = np.array([0.55, 0.7, 1.0])[:, None, None]
+    rgb = np.clip(255.0 * grey[None] * tint, 0, 255).astype(np.uint8)
+    return rgb, label[None]
+
+
+def write_nuclei_dataset(root: str | Path, n_cases: int = 40, size: tuple[int, int] = (96, 96),
+                         seed: int = 0) -> Path:
+    """Write nuclei-like pairs ``root/images/case_XXX.png`` (RGB) and ``root/masks/case_XXX.png``
+    (16-bit instance label maps, DSB 2018 style); stamped and skipped as :func:`write_polyp_dataset`."""
+    _check_at_least("n_cases", n_cases, 1)
+    root = Path(root)
+    names = _case_names(n_cases)
+    params = {"kind": "nuclei", "version": GENERATOR_VERSION, "n_cases": n_cases,
+              "size": [int(s) for s in size], "seed": int(seed)}
+    images = [root / "images" / f"{n}.png" for n in names]
+    masks = [root / "masks" / f"{n}.png" for n in names]
+    if _prepare(root, params, images + masks, r"case_\d+\.png"):
+        for i in _progress(n_cases, "synthetic nuclei"):
+            rgb, label = make_nuclei_image(_case_rng(seed, i), tuple(size))
+            write_image(images[i], rgb)
+            write_mask(masks[i], label)
         write_text_atomically(root / STAMP_NAME, json.dumps(params, indent=1) + "\n")
     return root
 

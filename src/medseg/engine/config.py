@@ -39,10 +39,15 @@ __all__ = [
     "save_config", "schedule_names",
 ]
 
-LabelMode = Literal["binary", "multiclass", "multilabel"]
+LabelMode = Literal["binary", "multiclass", "multilabel", "instance"]
 Device = Literal["auto", "cpu", "cuda"]
 
-VAL_METRICS = ("dice", "iou", "precision", "recall", "fpr", "fnr", "hd", "hd95", "asd", "assd", "nsd")
+SEMANTIC_VAL_METRICS = ("dice", "iou", "precision", "recall", "fpr", "fnr", "hd", "hd95", "asd", "assd",
+                        "nsd")
+INSTANCE_VAL_METRICS = ("ap", "ap50", "ap75", "dsb", "aji", "pq", "object_dice")
+"""Validation metrics of instance runs (:mod:`medseg.metrics.instance`; AP pooled over the validation
+cases, the others averaged over them)."""
+VAL_METRICS = SEMANTIC_VAL_METRICS + INSTANCE_VAL_METRICS
 """Validation metrics a run may compute (Dice by default; the distances are opt-in: they cost more)."""
 LOWER_IS_BETTER = frozenset({"fpr", "fnr", "hd", "hd95", "asd", "assd"})
 ValMetric = Literal[VAL_METRICS]  # type: ignore[valid-type]
@@ -54,9 +59,10 @@ ValMetric = Literal[VAL_METRICS]  # type: ignore[valid-type]
 @dataclass
 class SyntheticDataConfig:
     """Generate the synthetic data set of :mod:`medseg.data.synthetic` into ``data.root`` before training
-    (skipped when it is already there): ``polyp`` (2D RGB PNG pairs) or ``lesion`` (3D NIfTI)."""
+    (skipped when it is already there): ``polyp`` (2D RGB PNG pairs), ``nuclei`` (2D RGB PNG images with
+    16-bit instance label maps) or ``lesion`` (3D NIfTI)."""
 
-    kind: Literal["polyp", "lesion"] = "polyp"
+    kind: Literal["polyp", "nuclei", "lesion"] = "polyp"
     n_cases: int = bounded(200, ge=1)
     size: tuple[int, ...] = bounded((256, 256), ge=8)
     seed: int = 0
@@ -78,6 +84,11 @@ class DataConfig:
     ``channels_suffix``: whether ``{case}_{XXXX}`` files are channels of one case (nnU-Net's rule); None
     applies it in the Decathlon / nnU-Net layout only, so ``x_0000.jpg`` in a paired folder is one case.
     ``layout`` other than ``auto`` requires ``root`` to be of that layout (checked when the data is loaded).
+    ``label_mode: instance``: label maps with 0 for the background and one id per object (8/16-bit
+    PNG/TIFF, NIfTI), kept as ids through preprocessing (nearest resampling, no mapping) and
+    augmentation, for instance models (Mask R-CNN); objects of fewer than ``min_instance_pixels`` pixels
+    in a training patch are not targets. ``binarize_labels``: every nonzero label value becomes 1 (a
+    binary model on instance label maps, e.g. U-Net + watershed).
     """
 
     root: str | None = None
@@ -94,6 +105,8 @@ class DataConfig:
     num_classes: int | None = bounded(None, ge=1)
     class_names: list[str] | None = None
     label_mapping: dict[Any, Any] | None = None
+    binarize_labels: bool = False
+    min_instance_pixels: int = bounded(4, ge=1)
     val_fraction: float = bounded(0.2, gt=0, lt=1)
     fold: int | None = bounded(None, ge=0)
     folds: int = bounded(5, ge=2)
@@ -109,6 +122,14 @@ class DataConfig:
         if self.label_mode == "binary" and self.num_classes not in (None, 1):
             raise ConfigError(f"{key}.num_classes: binary segmentation has 1 output channel, got "
                               f"{self.num_classes} (use label_mode multiclass or multilabel)")
+        if self.label_mode == "instance":
+            if self.num_classes not in (None, 2):
+                raise ConfigError(f"{key}.num_classes: instance mode has one object class (num_classes 2, "
+                                  f"counting the background), got {self.num_classes}")
+            for name in ("label_mapping", "binarize_labels"):
+                if getattr(self, name):
+                    raise ConfigError(f"{key}.{name}: instance label maps keep their ids; unset it (or use "
+                                      "label_mode binary for a foreground mask)")
         if self.label_mapping is not None:
             try:
                 kind, _ = parse_label_mapping(self.label_mapping)
@@ -124,9 +145,12 @@ class DataConfig:
 
     def output_channels(self, dataset_classes: int | None) -> int | None:
         """Model output channels: binary 1; multiclass ``num_classes`` or the data set's label count
-        (``dataset_classes``, background included); multilabel ``num_classes`` or the regions' count."""
+        (``dataset_classes``, background included); multilabel ``num_classes`` or the regions' count;
+        instance 2 (the object class and the background, as Mask R-CNN counts them)."""
         if self.label_mode == "binary":
             return 1
+        if self.label_mode == "instance":
+            return 2
         if self.num_classes is not None:
             return self.num_classes
         if self.label_mode == "multilabel" and self.label_mapping is not None:
@@ -272,7 +296,8 @@ class TrainConfig:
     """The training loop. ``iterations`` (total batches), when given, replaces ``epochs``;
     ``iterations_per_epoch`` None is one pass over the training cases in whole-image mode (a number caps
     the pass: each epoch then sees a different seeded subset) and 250 batches in patch mode. Validation every
-    ``val_every`` epochs computes ``val_metrics``; ``best_metric`` selects ``best.pt``; early stopping
+    ``val_every`` epochs computes ``val_metrics`` (instance runs: ``ap``, ``ap50``, ``ap75``, ``dsb``,
+    ``aji``, ``pq``, ``object_dice``); ``best_metric`` selects ``best.pt``; early stopping
     after ``early_stopping_patience`` validations without improvement; ``max_minutes`` stops at the first
     epoch end past that training time (the best checkpoint so far stays). ``amp`` ``auto``: bf16 on a GPU
     that has it, else fp16 with a scaler on a GPU, none on the CPU. ``ema_decay``: keep an exponential
@@ -337,7 +362,11 @@ class PostprocessConfig:
     """After threshold / argmax (the fields of :class:`medseg.engine.postprocess.PostprocessOptions`):
     remove components below ``min_component_voxels`` / ``min_component_volume`` (0: keep all), keep the
     largest connected component, fill holes (in nD, or slice-wise along ``fill_holes_axis``);
-    ``largest_component`` and ``fill_holes`` are true (every class) or a list of classes."""
+    ``largest_component`` and ``fill_holes`` are true (every class) or a list of classes. ``instances:
+    watershed`` turns a binary prediction into an instance label map last
+    (:mod:`medseg.engine.watershed`:
+    markers at distance-transform maxima at least ``watershed_min_distance`` pixels apart and
+    ``watershed_threshold`` pixels deep, instances below ``watershed_min_size`` pixels removed)."""
 
     largest_component: bool | tuple[int, ...] = False
     fill_holes: bool | tuple[int, ...] = False
@@ -345,6 +374,10 @@ class PostprocessConfig:
     min_component_voxels: int = bounded(0, ge=0)
     min_component_volume: float = bounded(0.0, ge=0)
     connectivity: int = bounded(1, ge=1, le=3)
+    instances: Literal["watershed"] | None = None
+    watershed_min_distance: int = bounded(3, ge=1)
+    watershed_threshold: float = bounded(1.0, ge=0)
+    watershed_min_size: int = bounded(0, ge=0)
 
 
 @dataclass
@@ -386,6 +419,7 @@ class RunConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def check(self, key: str) -> None:
+        self._check_task()
         dims = self.spatial_dims
         sizes = {"data.patch_size": self.data.patch_size, "data.resize": self.data.resize,
                  "data.spacing": self.data.spacing, "inference.patch_size": self.inference.patch_size}
@@ -405,6 +439,31 @@ class RunConfig:
             raise ConfigError(f"schedule.milestones: {max(milestones):g} is not before the end of the run "
                               f"(train.epochs {self.train.epochs}), so it would never apply; milestones are "
                               "epochs, not steps")
+
+    def _check_task(self) -> None:
+        """Instance models (registry ``task: instance``) and ``label_mode: instance`` go together, with
+        instance validation metrics and the model's own losses; semantic runs use the semantic metrics."""
+        from medseg.models.registry import get_entry
+
+        instance_model = get_entry(self.model.name).task == "instance"
+        instance_data = self.data.label_mode == "instance"
+        if instance_model != instance_data:
+            raise ConfigError(f"data.label_mode: {self.model.name} is "
+                              f"{'an instance' if instance_model else 'a semantic'} model but the label mode "
+                              f"is {self.data.label_mode!r}" + (" (use instance)" if instance_model else
+                                                               " (instance needs an instance model, e.g. "
+                                                               "mask_rcnn)"))
+        allowed = INSTANCE_VAL_METRICS if instance_data else SEMANTIC_VAL_METRICS
+        wrong = [m for m in self.train.val_metrics if m not in allowed]
+        if wrong:
+            raise ConfigError(f"train.val_metrics: {', '.join(wrong)} cannot be computed in "
+                              f"{self.data.label_mode} mode (allowed: {', '.join(allowed)})")
+        if instance_model:
+            if self.loss.name is not None or self.loss.losses is not None or self.loss.deep_supervision:
+                raise ConfigError(f"loss: {self.model.name} computes its own losses (their sum is trained); "
+                                  "leave the loss section out")
+            if self.model.pointrend is not None:
+                raise ConfigError(f"model.pointrend: does not apply to the instance model {self.model.name}")
 
     @property
     def spatial_dims(self) -> int | None:

@@ -58,8 +58,8 @@ from medseg.models.registry import create_model, model_info
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_PATCH_BATCHES", "DataPlan", "ModelEMA", "MultiScale", "TrainingPlan", "build_model",
-           "build_optimizer", "build_preprocessor", "epoch_augmenter", "load_encoder_file", "load_init_file",
-           "plan_training", "prepare_data", "seed_everything"]
+           "build_optimizer", "build_preprocessor", "epoch_augmenter", "is_instance_model",
+           "load_encoder_file", "load_init_file", "plan_training", "prepare_data", "seed_everything"]
 
 DEFAULT_PATCH_BATCHES = 250
 """Batches per epoch in patch mode when ``train.iterations_per_epoch`` is null (nnU-Net's 250)."""
@@ -92,10 +92,12 @@ def _ensure_synthetic(config: RunConfig, ctx: DistributedContext) -> None:
     synthetic = config.data.synthetic
     if synthetic is None or config.data.root is None or not ctx.is_main:
         return
-    from medseg.data import write_lesion_dataset, write_polyp_dataset
+    from medseg.data import write_lesion_dataset, write_nuclei_dataset, write_polyp_dataset
 
     if synthetic.kind == "polyp":
         write_polyp_dataset(config.data.root, synthetic.n_cases, tuple(synthetic.size), seed=synthetic.seed)
+    elif synthetic.kind == "nuclei":
+        write_nuclei_dataset(config.data.root, synthetic.n_cases, tuple(synthetic.size), seed=synthetic.seed)
     else:
         write_lesion_dataset(config.data.root, synthetic.n_cases, tuple(synthetic.size), seed=synthetic.seed)
 
@@ -134,7 +136,7 @@ def build_preprocessor(config: RunConfig, dataset: Dataset, channels: int, dims:
         stats = compute_ct_stats(pairs(), seed=config.train.seed)
     return Preprocessor(normalization=scheme, norm_stats=stats, target_spacing=data.spacing,
                         crop_nonzero=data.crop_nonzero, resize_shape=data.resize,
-                        label_mapping=data.label_mapping)
+                        label_mapping=data.label_mapping, binarize=data.binarize_labels)
 
 
 def _split(config: RunConfig, dataset: Dataset, paths: RunPaths, resume: bool) -> tuple[list[str], list[str]]:
@@ -251,6 +253,12 @@ class MultiScale:
 
 
 # ------------------------------------------------------------------------------------------ model & optim
+
+
+def is_instance_model(name: str) -> bool:
+    """Whether the registered model ``name`` is an instance model (``task="instance"``: Mask R-CNN), called
+    as ``model(images, targets)`` and returning its losses in training."""
+    return model_info(name)["task"] == "instance"
 
 
 def _model_options(config: RunConfig, dims: int) -> dict[str, Any]:
@@ -370,6 +378,7 @@ class TrainingPlan:
     ``model`` is the trained module, ``net`` what the batches go through (DDP-wrapped and compiled as the
     config says) and ``ema`` the weight average (or None). An epoch is ``batches_per_epoch`` batches; the run
     ends after ``total_batches`` batches, ``epochs`` epochs; the scheduler steps once per optimiser step.
+    ``loss_fn`` is None for instance models (their forward returns their losses).
     """
 
     data: DataPlan
@@ -377,7 +386,7 @@ class TrainingPlan:
     model: nn.Module
     ema: ModelEMA | None
     net: nn.Module
-    loss_fn: nn.Module
+    loss_fn: nn.Module | None
     multi_scale: MultiScale | None
     loader: SeededLoader
     batches_per_epoch: int
@@ -397,11 +406,13 @@ def plan_training(config: RunConfig, data: DataPlan, ctx: DistributedContext, de
     net = wrap_model(model, ctx, device)
     if train.compile:
         net = torch.compile(net)
-    default_loss = model_info(config.model.name)["default_loss"]  # every registered model names one
-    loss_spec = config.loss.build_spec(config.data.label_mode, default_loss)
-    if config.model.pointrend is not None:  # the point loss on top of the loss of the coarse logits
-        loss_spec["pointrend"] = {"weight": config.model.pointrend.point_loss_weight}
-    loss_fn = build_loss(loss_spec).to(device)
+    loss_fn = None
+    if not is_instance_model(config.model.name):
+        default_loss = model_info(config.model.name)["default_loss"]  # every registered model names one
+        loss_spec = config.loss.build_spec(config.data.label_mode, default_loss)
+        if config.model.pointrend is not None:  # the point loss on top of the loss of the coarse logits
+            loss_spec["pointrend"] = {"weight": config.model.pointrend.point_loss_weight}
+        loss_fn = build_loss(loss_spec).to(device)
     multi_scale = None
     if train.multi_scale is not None:
         multiple = getattr(model, "input_multiple", None) or model_info(config.model.name)["input_multiple"]

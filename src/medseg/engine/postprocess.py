@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from medseg.engine.watershed import WatershedOptions, watershed_instances
 from medseg.errors import MedsegError, check_choice
 
 LABEL_MODES = ("binary", "multiclass", "multilabel")
@@ -153,10 +154,12 @@ def apply_per_class(labels: np.ndarray, mode: str, operation: MaskOperation,
 @dataclass(frozen=True)
 class PostprocessOptions:
     """What :func:`postprocess` does, in this order: remove small components, keep the largest component,
-    fill holes. ``largest_component`` / ``fill_holes``: False, True (every class) or a tuple of classes
-    (label values; channel indices in multilabel mode). ``fill_holes_axis``: None for holes in nD, an
-    axis for slice-wise 2D filling. ``min_component_voxels`` / ``min_component_volume`` (physical, needs
-    the spacing): 0 disables."""
+    fill holes, and last, with ``instances="watershed"``, split a binary foreground into an instance label
+    map (:func:`medseg.engine.watershed.watershed_instances` with ``watershed_min_distance``,
+    ``watershed_threshold`` and ``watershed_min_size``). ``largest_component`` / ``fill_holes``: False,
+    True (every class) or a tuple of classes (label values; channel indices in multilabel mode).
+    ``fill_holes_axis``: None for holes in nD, an axis for slice-wise 2D filling. ``min_component_voxels``
+    / ``min_component_volume`` (physical, needs the spacing): 0 disables."""
 
     largest_component: bool | tuple[int, ...] = False
     fill_holes: bool | tuple[int, ...] = False
@@ -164,10 +167,23 @@ class PostprocessOptions:
     min_component_voxels: int = 0
     min_component_volume: float = 0.0
     connectivity: int = 1
+    instances: str | None = None
+    watershed_min_distance: int = 3
+    watershed_threshold: float = 1.0
+    watershed_min_size: int = 0
 
     def __post_init__(self) -> None:
         if self.min_component_voxels < 0 or self.min_component_volume < 0:
             raise MedsegError("min_component_voxels and min_component_volume must be >= 0")
+        if self.instances not in (None, "watershed"):
+            raise MedsegError(f"postprocess instances {self.instances!r}: expected watershed or none")
+        if self.instances is not None:
+            self.watershed()  # checks the watershed options
+
+    def watershed(self) -> WatershedOptions:
+        """The options of the instance split (``instances="watershed"``)."""
+        return WatershedOptions(self.watershed_min_distance, self.watershed_threshold,
+                                self.watershed_min_size)
         if self.connectivity < 1:
             raise MedsegError(f"connectivity must be >= 1, got {self.connectivity}")
 
@@ -182,7 +198,8 @@ def _selected(choice: bool | tuple[int, ...]) -> tuple[bool, tuple[int, ...] | N
 def postprocess(labels: np.ndarray, mode: str, options: PostprocessOptions | None = None,
                 spacing: Sequence[float] | None = None) -> np.ndarray:
     """Postprocess a label map of ``mode`` (see the module docstring) as ``options`` say; returns a new
-    array of the same shape and dtype (``labels`` itself is not modified)."""
+    array of the same shape and dtype (``labels`` itself is not modified), except with
+    ``options.instances``: then an instance label map (uint16) of a binary ``[*spatial]`` map."""
     options = options or PostprocessOptions()
     check_choice("label mode", mode, LABEL_MODES)
     out = np.array(labels, copy=True)
@@ -200,4 +217,9 @@ def postprocess(labels: np.ndarray, mode: str, options: PostprocessOptions | Non
     enabled, classes = _selected(options.fill_holes)
     if enabled:
         out = apply_per_class(out, mode, lambda m: fill_holes(m, options.fill_holes_axis), classes)
+    if options.instances == "watershed":
+        if mode != "binary" and not (mode == "multilabel" and out.shape[0] == 1):
+            raise MedsegError(f"postprocess instances: watershed splits a binary foreground; the model is "
+                              f"{mode} (train a binary model, e.g. with data.binarize_labels)")
+        return watershed_instances(out if mode == "binary" else out[0], options.watershed())
     return out

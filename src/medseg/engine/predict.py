@@ -392,8 +392,12 @@ def predict_case(models: Sequence[LoadedModel], case: Case, outputs: CaseOutputs
 def predict_paths(checkpoints: Sequence[str | Path], input: str | Path, output: str | Path, *,
                   tta: bool | None = None, step: float | None = None, save_probabilities: bool = False,
                   overlays: bool = True, postprocess: PostprocessOptions | None = None, device: str = "auto",
-                  progress: bool = True, channels_suffix: bool | None = None) -> list[Path]:
+                  progress: bool = True, channels_suffix: bool | None = None,
+                  instances_json: bool = False) -> list[Path]:
     """Predict a file or every case of a folder with one checkpoint or an ensemble; returns the masks.
+
+    An instance checkpoint (label mode ``instance``, Mask R-CNN) writes 16-bit instance label maps
+    instead (:mod:`medseg.engine.predict_instances`; TTA, step and postprocessing do not apply).
 
     Args:
         checkpoints: checkpoint files (several: probabilities averaged).
@@ -408,6 +412,7 @@ def predict_paths(checkpoints: Sequence[str | Path], input: str | Path, output: 
         progress: a tqdm bar over the cases.
         channels_suffix: group ``{case}_{XXXX}`` channel files into one case (see :func:`find_cases`;
             ``None``: the checkpoint's ``data.channels_suffix``, else only in an nnU-Net layout folder).
+        instances_json: instance checkpoints: also write ``{case}_instances.json`` (scores, labels, boxes).
     """
     torch_device = resolve_device(device, key="--device")
     models = load_models(checkpoints, torch_device)
@@ -433,6 +438,15 @@ def predict_paths(checkpoints: Sequence[str | Path], input: str | Path, output: 
             single_file and lossless_mask_path(output_path).resolve() == input_path.resolve()):
         raise MedsegError(f"output {output_path} is the input {input_path}; predictions would overwrite "
                           "the images")
+    if models[0].label_mode == "instance":
+        from medseg.engine.predict_instances import predict_instance_cases
+
+        return predict_instance_cases(models, cases, folder, lossless_mask_path(output_path) if single_file
+                                      else None, instances_json=instances_json, overlays=overlays,
+                                      device=torch_device, progress=progress)
+    if instances_json:
+        raise MedsegError("--instances-json: needs an instance checkpoint (e.g. Mask R-CNN); for a semantic "
+                          "model's watershed instances the map itself is the output")
     written = []
     bar = tqdm(cases, desc="predict", unit="case", disable=not progress or len(cases) < 2)
     for case in bar:

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from medseg.data.instances import instance_targets_from_batch
 from medseg.engine.checkpoint import (
     epoch_checkpoint_path,
     load_checkpoint,
@@ -66,6 +67,7 @@ from medseg.engine.plan import (
     build_optimizer,
     build_preprocessor,
     epoch_augmenter,
+    is_instance_model,
     load_encoder_file,
     load_init_file,
     plan_training,
@@ -75,7 +77,7 @@ from medseg.engine.plan import (
 )
 from medseg.engine.plots import plot_progress
 from medseg.engine.rundir import RunPaths, discard_new_run, prepare_run_dir
-from medseg.engine.validation import BestMetric, Validator
+from medseg.engine.validation import BestMetric, InstanceValidator, Validator
 from medseg.errors import MedsegError
 from medseg.fileio import write_text_atomically
 
@@ -149,7 +151,8 @@ class Trainer:
         self.epochs, self.optimizer, self.scheduler = parts.epochs, parts.optimizer, parts.scheduler
         self.amp_dtype = _amp_dtype(train.amp, device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        self.validator = Validator(config, plan, device, ctx)
+        self.instance = is_instance_model(config.model.name)
+        self.validator = (InstanceValidator if self.instance else Validator)(config, plan, device, ctx)
         self.best = BestMetric.of(config)
         self.epoch = self.global_step = self.batches_done = 0
         self.history: list[dict[str, Any]] = []
@@ -226,8 +229,20 @@ class Trainer:
         self.scheduler.step()
         self.global_step += 1
 
+    def batch_loss(self, image: torch.Tensor, label: torch.Tensor, parts: dict[str, float]) -> torch.Tensor:
+        """The training loss of a batch: the loss function on the logits, or for an instance model (Mask
+        R-CNN) the sum of the loss dict of ``net(images, targets)``, whose parts are added to ``parts``."""
+        if not self.instance:
+            return self.loss_fn(self.net(image), _targets(label, self.config.data.label_mode))
+        targets = instance_targets_from_batch(label, self.config.data.min_instance_pixels)
+        losses = self.net(list(image.unbind(0)), targets)
+        for name, value in losses.items():
+            parts[name] = parts.get(name, 0.0) + float(value.detach())
+        return torch.stack([v.float() for v in losses.values()]).sum()
+
     def train_epoch(self) -> dict[str, float]:
-        """One epoch of batches; returns the mean loss (over ranks) and the throughput."""
+        """One epoch of batches; returns the mean loss (over ranks), the mean of each part of an instance
+        model's loss and the throughput."""
         config, train = self.config, self.config.train
         self.net.train()
         self.loader.set_epoch(self.epoch)
@@ -238,6 +253,7 @@ class Trainer:
         accumulation = train.grad_accumulation
         memory = torch.channels_last if self.plan.spatial_dims == 2 else torch.channels_last_3d
         total, samples, start = 0.0, 0, time.perf_counter()
+        parts: dict[str, float] = {}
         bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}/{self.epochs}", unit="batch",
                    disable=not self.progress, leave=False)
         for index, (image, label) in enumerate(self.loader):
@@ -256,7 +272,7 @@ class Trainer:
             sync = nullcontext() if step_now or not self.ctx.enabled else self.net.no_sync()
             with sync:
                 with self._autocast():
-                    loss = self.loss_fn(self.net(image), _targets(label, config.data.label_mode))
+                    loss = self.batch_loss(image, label, parts)
                 if not torch.isfinite(loss):
                     raise MedsegError(f"training loss is {loss.item()} at epoch {self.epoch + 1}, batch "
                                       f"{index + 1} (lower optim.lr, or check the data)")
@@ -272,10 +288,12 @@ class Trainer:
             bar.update()
         bar.close()
         elapsed = time.perf_counter() - start
-        mean = all_reduce_sum(torch.tensor([total, float(n_batches)], dtype=torch.float64,
-                                           device=self.device), self.ctx).cpu()
-        return {"train_loss": (mean[0] / mean[1]).item(), "samples_per_s":
-                samples * self.ctx.world_size / max(elapsed, 1e-9)}
+        names = sorted(parts)
+        mean = all_reduce_sum(torch.tensor([total, *(parts[k] for k in names), float(n_batches)],
+                                           dtype=torch.float64, device=self.device), self.ctx).cpu()
+        row = {"train_loss": (mean[0] / mean[-1]).item()}
+        row.update({name: (mean[1 + i] / mean[-1]).item() for i, name in enumerate(names)})
+        return {**row, "samples_per_s": samples * self.ctx.world_size / max(elapsed, 1e-9)}
 
     def end_epoch(self, row: dict[str, Any]) -> bool:
         """Bookkeeping after an epoch: best score, checkpoints, logs and plots; True to stop early."""

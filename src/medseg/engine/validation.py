@@ -3,7 +3,10 @@
 :class:`Validator` predicts each validation case from the preprocessed cache, as a whole image or, when the
 run trains on patches (or ``inference.patch_size`` is set), with Gaussian sliding windows, and averages
 ``train.val_metrics`` over cases and classes (NaN values skipped), reduced across DDP ranks as sums and
-counts. :class:`BestMetric` follows ``train.best_metric`` from epoch to epoch: whether a validation
+counts. Instance models (Mask R-CNN) are validated by :class:`InstanceValidator`: whole validation
+images, detections painted into a label map (best score on top), AP / AP50 / AP75 pooled over the cases
+and the DSB score, AJI, PQ and object Dice averaged over them (:mod:`medseg.metrics.instance`).
+:class:`BestMetric` follows ``train.best_metric`` from epoch to epoch: whether a validation
 improved on the best so far, and how many have not (for early stopping).
 """
 
@@ -17,13 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from medseg.data.instances import label_map_from_masks
 from medseg.engine.config import LOWER_IS_BETTER, RunConfig
 from medseg.engine.distributed import DistributedContext, all_reduce_sum
 from medseg.engine.plan import DataPlan
 from medseg.metrics import evaluate_case
+from medseg.metrics.instance import InstanceEvaluation
 from medseg.outputs import main_logits
 
-__all__ = ["BestMetric", "Validator"]
+__all__ = ["BestMetric", "InstanceValidator", "Validator", "instance_label_map"]
 
 
 def _label_maps(logits: torch.Tensor, label_mode: str, threshold: float) -> list[np.ndarray]:
@@ -84,6 +89,37 @@ class Validator:
         return {f"val_{m}": (sums[2 * k] / sums[2 * k + 1]).item() if sums[2 * k + 1] > 0 else math.nan
                 for k, m in enumerate(self.metrics)}
 
+
+def instance_label_map(detection: dict[str, torch.Tensor]) -> tuple[np.ndarray, dict[int, float]]:
+    """An instance label map (ids ``1..N`` in detection order, the best score painted last) and the score
+    of each id from one image's detections ``{"masks" [N, H, W], "scores" [N], ...}``."""
+    scores = detection["scores"].detach().float().cpu().numpy()
+    masks = detection["masks"].detach().cpu().numpy()
+    ids = label_map_from_masks(masks, scores)
+    return ids, {i + 1: float(score) for i, score in enumerate(scores)}
+
+
+class InstanceValidator:
+    """Validation of an instance model on whole validation images: ``val_<metric>`` of the instance
+    metrics in ``train.val_metrics``. Under DDP every rank evaluates every case (AP is pooled over the
+    set), so all ranks get the same numbers without a reduction."""
+
+    def __init__(self, config: RunConfig, plan: DataPlan, device: torch.device, ctx: DistributedContext):
+        self.config, self.plan, self.device, self.ctx = config, plan, device, ctx
+        self.metrics = list(config.train.val_metrics)
+
+    @torch.inference_mode()
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        model.eval()
+        evaluation = InstanceEvaluation()
+        for case_id in self.plan.val_ids:
+            image, label = self.plan.cache.load(case_id, mmap=False)
+            detection = model([torch.from_numpy(np.ascontiguousarray(image)).to(self.device)])[0]
+            ids, scores = instance_label_map(detection)
+            evaluation.add(case_id, ids, label[0], scores)
+        summary = evaluation.summary()
+        values = {**summary["mean"], **{k: summary["ap"][k] for k in ("ap", "ap50", "ap75")}}
+        return {f"val_{m}": float(values[m]) if evaluation.cases else math.nan for m in self.metrics}
 
 
 @dataclass
