@@ -3,6 +3,7 @@ batched augmentation and synthetic data. A leaf package: it never imports models
 
 from medseg.data.augment import AugmentationConfig, BatchAugmenter
 from medseg.data.cache import PreprocessedCache
+from medseg.data.cases import read_case
 from medseg.data.check import CheckReport, check_dataset
 from medseg.data.datasets import (
     Case,
@@ -37,7 +38,7 @@ __all__ = [
     "AugmentationConfig", "BatchAugmenter", "Case", "CheckReport", "DataError", "Dataset", "Geometry",
     "PatchSampler", "PreprocessedCache", "Preprocessor", "build_train_loader", "case_id", "check_dataset",
     "has_non_finite", "image_extensions", "kfold_splits", "load_dataset", "make_lesion_volume",
-    "make_polyp_image", "map_labels", "normalize", "read_image", "read_mask", "read_splits", "resample",
-    "resize", "train_val_split", "write_image", "write_lesion_dataset", "write_mask", "write_polyp_dataset",
-    "write_splits",
+    "make_polyp_image", "map_labels", "normalize", "read_case", "read_image", "read_mask", "read_splits",
+    "resample", "resize", "train_val_split", "write_image", "write_lesion_dataset", "write_mask",
+    "write_polyp_dataset", "write_splits",
 ]

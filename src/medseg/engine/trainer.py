@@ -46,7 +46,7 @@ from medseg.data import (
     Preprocessor,
     build_train_loader,
     load_dataset,
-    read_image,
+    read_case,
     read_splits,
     train_val_split,
     write_splits,
@@ -75,13 +75,13 @@ from medseg.engine.distributed import (
     shutdown_distributed,
     wrap_model,
 )
+from medseg.engine.inference import probabilities_to_labels
 from medseg.engine.plots import plot_progress
 from medseg.engine.rundir import RunPaths, discard_new_run, prepare_run_dir
 from medseg.errors import MedsegError
 from medseg.fileio import write_text_atomically
-from medseg.layers import resize_to
+from medseg.layers import resize_labels, resize_to
 from medseg.losses import build_loss
-from medseg.losses.deep_supervision import resize_nearest
 from medseg.metrics import evaluate_case
 from medseg.outputs import main_logits
 from medseg.registry import create_model, model_info
@@ -155,13 +155,8 @@ def _ensure_synthetic(config: RunConfig, ctx: DistributedContext) -> None:
 
 def _probe(dataset: Dataset) -> tuple[int, int]:
     """Channels and spatial dimensionality of the data set, from its first case."""
-    first = dataset.cases[0]
-    channels, dims = 0, 0
-    for path in first.images:
-        array, _ = read_image(path)
-        channels += array.shape[0]
-        dims = array.ndim - 1
-    return channels, dims
+    image = read_case(dataset.cases[0], with_label=False)[0]
+    return image.shape[0], image.ndim - 1
 
 
 def build_preprocessor(config: RunConfig, dataset: Dataset, channels: int, dims: int,
@@ -175,14 +170,13 @@ def build_preprocessor(config: RunConfig, dataset: Dataset, channels: int, dims:
         scheme = "rgb" if channels == 3 and dims == 2 else "ct" if "ct" in names else "zscore"
     stats: dict[str, Any] = {}
     if scheme == "ct":
-        from medseg.data import read_mask
         from medseg.data.preprocess import compute_ct_stats
 
         def pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             for case_id in train_ids:
                 case = dataset.case(case_id)
-                image = np.concatenate([read_image(p)[0] for p in case.images])
-                yield image, read_mask(case.label)[0]
+                image, label, _ = read_case(case)
+                yield image, label
 
         stats = compute_ct_stats(pairs(), seed=config.train.seed)
     return Preprocessor(normalization=scheme, norm_stats=stats, target_spacing=data.spacing,
@@ -382,7 +376,7 @@ class MultiScale:
         size = self.size(image.shape[2:])
         if list(image.shape[2:]) == size:
             return image, label
-        return resize_to(image, size), resize_nearest(label, size, has_channels=True)
+        return resize_to(image, size), resize_labels(label, size)
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -390,9 +384,9 @@ class MultiScale:
 
 def _label_maps(logits: torch.Tensor, label_mode: str, threshold: float) -> list[np.ndarray]:
     """Per evaluated channel a label map: binary/multilabel one 0/1 map per channel, multiclass argmax."""
-    if label_mode == "multiclass":
-        return [logits.argmax(0).cpu().numpy()]
-    return [(torch.sigmoid(c) > threshold).cpu().numpy().astype(np.uint8) for c in logits]
+    scores = logits if label_mode == "multiclass" else torch.sigmoid(logits)  # validation thresholds p
+    labels = probabilities_to_labels(scores, label_mode, threshold).cpu().numpy()
+    return list(labels) if label_mode == "multilabel" else [labels]
 
 
 class Validator:
