@@ -11,6 +11,9 @@ Conventions:
   spacing is ignored, its shape must equal the truth's (axes of size 1 aside), else the case is left out
   and reported as a problem.
 - Classes: the ``labels`` given, else every non-zero label of the ground truth (union over the cases).
+  Each truth is read once: without ``labels`` a case is first evaluated for its own truth's labels and
+  again, for the union, only when those differ; the report's overlays come from the evaluated arrays
+  (only the images of the shown cases are read).
 - Predictions are label maps or probability maps. A float map with values in [0, 1] that are not all
   whole numbers is a probability map: one channel is the foreground probability (binary task, label
   ``p >= 0.5``), several channels are per-label probabilities (channel ``c`` is label ``c``, labels by
@@ -290,7 +293,7 @@ def read_pair(pair: CasePair, classes: Sequence[int]) -> tuple[Prediction, np.nd
 @dataclass(frozen=True)
 class CaseJob:
     """Everything a worker needs to evaluate one case; ``classes`` ``None``: the labels of the case's own
-    truth (a guess at the union over all truths, checked afterwards: see :func:`evaluate_folders`)."""
+    truth (a guess at the union over all truths, checked afterwards: see :func:`_evaluate_cases`)."""
 
     pair: CasePair
     classes: tuple[int, ...] | None
