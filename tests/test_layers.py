@@ -186,3 +186,41 @@ def test_max_unpool_factory_inverts_max_pool_in_2d_and_3d() -> None:
         restored = layers.max_unpool(dims, 2)(pooled, indices)
         assert restored.shape == x.shape
         assert torch.equal(layers.max_pool(dims, 2)(restored), pooled)
+
+
+@pytest.mark.parametrize("spatial_dims", DIMS)
+def test_resize_to_antialiases_only_a_shrinking_2d_image(spatial_dims: int) -> None:
+    x = _input(spatial_dims, 2, size=8)
+    mode = "bilinear" if spatial_dims == 2 else "trilinear"
+    small, large = [5, 6, 4][:spatial_dims], [11, 9, 10][:spatial_dims]
+    expected = F.interpolate(x, size=small, mode=mode, align_corners=False, antialias=spatial_dims == 2)
+    torch.testing.assert_close(layers.resize_to(x, small, antialias=True), expected)
+    if spatial_dims == 2:  # the antialiased and plain shrinks differ, so the first check can fail
+        assert not torch.allclose(layers.resize_to(x, small), expected)
+    torch.testing.assert_close(layers.resize_to(x, large, antialias=True),
+                               F.interpolate(x, size=large, mode=mode, align_corners=False))
+    torch.testing.assert_close(layers.resize_to(x, large, align_corners=True),
+                               F.interpolate(x, size=large, mode=mode, align_corners=True))
+
+
+@pytest.mark.parametrize("spatial_dims", DIMS)
+def test_resize_labels_keeps_values_dtype_and_form(spatial_dims: int) -> None:
+    labels = torch.randint(0, 4, (2, 1, *([6] * spatial_dims)), dtype=torch.uint8)
+    size = [9, 4, 5][:spatial_dims]
+    out = layers.resize_labels(labels, size)
+    assert out.shape == (2, 1, *size) and out.dtype == torch.uint8
+    assert set(out.unique().tolist()) <= set(labels.unique().tolist())
+    expected = F.interpolate(labels.float(), size=size, mode="nearest-exact").to(torch.uint8)
+    assert torch.equal(out, expected)
+    flat = layers.resize_labels(labels[:, 0].long(), size, has_channels=False)
+    assert flat.shape == (2, *size) and flat.dtype == torch.int64 and torch.equal(flat, expected[:, 0].long())
+    up = layers.resize_labels(labels, [12] * spatial_dims)  # a 2x upsampling repeats every voxel
+    assert torch.equal(up[(..., *([slice(None, None, 2)] * spatial_dims))], labels)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_resize_to_is_scriptable() -> None:
+    scripted = torch.jit.script(layers.resize_to)
+    x = torch.randn(1, 2, 8, 8)
+    torch.testing.assert_close(scripted(x, [5, 5], "linear", False, True), layers.resize_to(x, [5, 5],
+                                                                                               antialias=True))

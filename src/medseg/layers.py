@@ -265,10 +265,14 @@ def upsample(spatial_dims: int, scale_factor: float = 2, mode: str = "linear",
     return nn.Upsample(scale_factor=scale_factor, mode=torch_mode, align_corners=align_corners)
 
 
-def resize_to(x: Tensor, size: list[int], mode: str = "linear", align_corners: bool = False) -> Tensor:
-    """Resize a ``[B, C, *spatial]`` tensor to ``size`` (bilinear/trilinear for ``linear``).
+def resize_to(x: Tensor, size: list[int], mode: str = "linear", align_corners: bool = False,
+              antialias: bool = False) -> Tensor:
+    """Resize an image or feature map ``[B, C, *spatial]`` to ``size``: the one image resize of the package
+    (``linear``: bilinear/trilinear by the number of axes; ``x`` itself when it has that size already).
 
-    ``size`` may be a list or a ``torch.Size``; the annotation is ``list[int]`` for TorchScript.
+    ``antialias`` low-pass filters a 2D image that shrinks along any axis (torch antialiases bilinear
+    only), as preprocessing and whole-image inference do. ``size`` may be a list or a ``torch.Size``;
+    the annotation is ``list[int]`` for TorchScript. Labels: :func:`resize_labels`.
     """
     size = [int(s) for s in size]
     if list(x.shape[2:]) == size:
@@ -276,7 +280,20 @@ def resize_to(x: Tensor, size: list[int], mode: str = "linear", align_corners: b
     torch_mode = interpolation_mode(x.dim() - 2, mode)
     if torch_mode in ("nearest", "nearest-exact", "area"):
         return F.interpolate(x, size=list(size), mode=torch_mode)
-    return F.interpolate(x, size=list(size), mode=torch_mode, align_corners=align_corners)
+    shrinking = False
+    for axis in range(len(size)):
+        shrinking = shrinking or size[axis] < x.shape[axis + 2]
+    return F.interpolate(x, size=list(size), mode=torch_mode, align_corners=align_corners,
+                         antialias=antialias and shrinking and torch_mode == "bilinear")
+
+
+def resize_labels(labels: Tensor, size: list[int], has_channels: bool = True) -> Tensor:
+    """Resize a label map or mask to ``size`` with nearest-neighbour sampling (``nearest-exact``: no new
+    values), keeping its dtype and its form (``[B, C, *spatial]``, or ``[B, *spatial]`` when
+    ``has_channels`` is False): the one label resize of the package (images: :func:`resize_to`)."""
+    x = labels if has_channels else labels.unsqueeze(1)
+    resized = F.interpolate(x.float(), size=[int(s) for s in size], mode="nearest-exact").to(labels.dtype)
+    return resized if has_channels else resized[:, 0]
 
 
 def center_crop(x: Tensor, size: list[int]) -> Tensor:
@@ -294,6 +311,8 @@ def leading_crop(x: Tensor, size: list[int]) -> Tensor:
     for d in range(len(size)):
         x = x.narrow(d + 2, 0, size[d])
     return x
+
+
 def axial_conv(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int, axis: int,
                stride: int = 1, dilation: int = 1, groups: int = 1, bias: bool = True) -> nn.Module:
     """A 1D convolution along spatial ``axis`` (0 = first spatial axis): a ``k x 1`` / ``1 x k`` conv in 2D,

@@ -127,7 +127,7 @@ def test_bad_case_raises_a_data_error_and_keeps_finished_cases(tmp_path: Path) -
     cases = make_cases(tmp_path / "src")
     np.save(cases[1].label, np.zeros((1, 5, 5), np.uint8))
     cache = PreprocessedCache(tmp_path / "cache", Preprocessor(), read_npy)
-    with pytest.raises(DataError, match="case1_lbl.npy: label shape"):
+    with pytest.raises(DataError, match=r"case1_lbl.npy: size \(5, 5\) differs from the image's \(12, 16\)"):
         cache.prepare(cases, progress=False)
     assert PreprocessedCache(tmp_path / "cache", Preprocessor(), read_npy).case_ids == ["case0"]
     assert not [p for p in (tmp_path / "cache").iterdir() if "case1" in p.name]

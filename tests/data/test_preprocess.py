@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from medseg.data.geometry import Geometry
@@ -289,3 +290,27 @@ def test_preprocessor_resize_for_fixed_size_models() -> None:
     np.testing.assert_allclose(case.geometry.spacing, (50 / 32, 70 / 32))
     back = pre.revert(case.label, case, order=0)
     assert back.shape == (1, 50, 70) and (back == label).mean() > 0.97
+
+
+def test_resize_and_revert_take_tensors_and_give_the_numpy_results() -> None:
+    rng = np.random.default_rng(4)
+    image = rng.normal(size=(2, 37, 29)).astype(np.float32)
+    label = rng.choice(np.array([0, 1, 3], np.int16), size=(1, 37, 29))
+    for target in ((16, 20), (40, 44)):
+        out = resize(torch.from_numpy(image), target)
+        assert isinstance(out, torch.Tensor)
+        np.testing.assert_array_equal(out.numpy(), resize(image, target))
+        labels = resize(torch.from_numpy(label), target, is_label=True)
+        assert labels.dtype == torch.int16
+        np.testing.assert_array_equal(labels.numpy(), resize(label, target, is_label=True))
+    volume = rng.normal(size=(1, 12, 20, 18)).astype(np.float32)
+    volume[:, :2] = 0  # cropped away
+    geometry = Geometry(spacing=(2.5, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
+                        shape=(12, 20, 18))
+    prep = Preprocessor(normalization="none", target_spacing=(1.5, 1.2, 1.0), crop_nonzero=True)
+    case = prep(volume, None, geometry)
+    scores = rng.normal(size=(3, *case.image.shape[1:])).astype(np.float32)
+    reverted = prep.revert(torch.from_numpy(scores), case, order=1, fill=-1.0)
+    assert isinstance(reverted, torch.Tensor) and reverted.shape == (3, 12, 20, 18)
+    np.testing.assert_array_equal(reverted.numpy(), prep.revert(scores, case, order=1, fill=-1.0))
+    assert (reverted[:, :2] == -1).all()

@@ -15,9 +15,12 @@ import pytest
 from medseg.cli import main
 from medseg.data import Geometry, read_mask, write_image, write_mask, write_polyp_dataset
 from medseg.engine.evaluate import (
+    CaseJob,
     CasePair,
+    OverlayView,
     error_slice,
     evaluate_folders,
+    evaluate_job,
     make_overlay,
     match_cases,
     read_prediction,
@@ -301,3 +304,62 @@ def test_cli_bad_input_is_one_line_with_exit_code_2(tmp_path: Path, capsys: pyte
     assert expected in line
     if setup == "bad-metric":
         assert all(name in line for name in METRIC_NAMES)
+
+
+def count_truth_reads(monkeypatch: pytest.MonkeyPatch, truth_folder: Path) -> dict[str, int]:
+    """Count the reads of each ground-truth file by ``medseg.engine.evaluate`` (in this process)."""
+    from medseg.engine import evaluate
+
+    counts: dict[str, int] = {}
+    original = evaluate.read_mask
+
+    def counting(path: Path):
+        if Path(path).parent == truth_folder:
+            counts[Path(path).name] = counts.get(Path(path).name, 0) + 1
+        return original(path)
+
+    monkeypatch.setattr(evaluate, "read_mask", counting)
+    return counts
+
+
+def test_each_truth_is_read_once_for_metrics_and_overlays(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    write_2d_cases(tmp_path, 12, size=24)
+    counts = count_truth_reads(monkeypatch, tmp_path / "gt")
+    summary = evaluate_folders(tmp_path / "pred", tmp_path / "gt", metrics=FAST, progress=False, workers=1)
+    assert summary.data["cases"] == 12 and (tmp_path / "pred" / "evaluation" / "report.html").is_file()
+    assert counts == {f"case_{i:02d}.png": 1 for i in range(12)}  # 10 of them are drawn in the report
+
+
+def test_a_case_without_every_class_is_evaluated_again_for_the_union(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    shape = (6, 8, 8)
+    one = cube(shape, (1, 1, 1), 3)
+    both = one + 2 * cube(shape, (1, 5, 5), 2)
+    for name, gt in (("a", both), ("b", one), ("c", both)):
+        write_mask(tmp_path / "gt" / f"{name}.nii.gz", gt[None])
+        write_mask(tmp_path / "pred" / f"{name}.nii.gz", np.roll(both, 1, axis=2)[None])
+    counts = count_truth_reads(monkeypatch, tmp_path / "gt")
+    found = evaluate_folders(tmp_path / "pred", tmp_path / "gt", metrics=FAST, progress=False, workers=1,
+                             out_dir=tmp_path / "found")
+    assert found.data["classes"] == [1, 2]
+    assert counts == {"a.nii.gz": 1, "b.nii.gz": 2, "c.nii.gz": 1}  # b lacks label 2
+    given = evaluate_folders(tmp_path / "pred", tmp_path / "gt", metrics=FAST, labels=[1, 2], progress=False,
+                             workers=1, out_dir=tmp_path / "given")
+    assert found.rows == given.rows and found.dice == given.dice
+    csv_files = [(tmp_path / folder / "metrics.csv").read_text() for folder in ("found", "given")]
+    assert csv_files[0] == csv_files[1]
+
+
+def test_overlays_from_the_evaluated_arrays_equal_those_read_from_the_files(tmp_path: Path) -> None:
+    root = write_polyp_dataset(tmp_path / "polyps", n_cases=1, size=(48, 40), seed=2)
+    labels, _ = read_mask(root / "masks" / "case_000.png")
+    write_mask(tmp_path / "pred" / "case_000.png", np.roll(labels, 3, axis=2))
+    pair = match_cases(tmp_path / "pred", root).pairs[0]
+    result = evaluate_job(CaseJob(pair, (1,), ("dice",), 1.0))
+    assert isinstance(result.view, OverlayView)
+    from_view, from_files = make_overlay(pair, [1], 0.5, result.view), make_overlay(pair, [1], 0.5)
+    assert from_view is not None and from_files is not None and from_view.image is not None
+    assert from_view.caption == from_files.caption and from_view.aspect == from_files.aspect
+    for name in ("image", "truth", "prediction"):
+        assert np.array_equal(getattr(from_view, name), getattr(from_files, name)), name

@@ -333,3 +333,18 @@ def test_logits_to_probabilities_and_labels():
         logits_to_probabilities(logits, "binary")
     with pytest.raises(MedsegError, match="label mode"):
         logits_to_labels(logits, "softmax")
+
+
+def test_label_conversions_of_numpy_arrays_equal_the_tensor_ones() -> None:
+    logits = torch.randn(4, 7, 5, 3)
+    array = logits.numpy()
+    for mode in ("multiclass", "multilabel"):
+        ours = logits_to_labels(array, mode, 0.3)
+        assert isinstance(ours, np.ndarray) and ours.dtype == np.uint8
+        np.testing.assert_array_equal(ours, logits_to_labels(logits, mode, 0.3).numpy())
+    probabilities = np.array([[[0.2, 0.5, 0.7]]])
+    np.testing.assert_array_equal(probabilities_to_labels(probabilities, "binary"), [[0, 0, 1]])
+    inclusive = probabilities_to_labels(probabilities, "binary", inclusive=True)
+    np.testing.assert_array_equal(inclusive, [[0, 1, 1]])
+    assert torch.equal(probabilities_to_labels(torch.from_numpy(probabilities), "binary", inclusive=True),
+                       torch.tensor([[0, 1, 1]], dtype=torch.uint8))

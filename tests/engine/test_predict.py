@@ -250,3 +250,33 @@ def test_output_folder_equal_to_input_folder_is_refused(tmp_path: Path, capsys) 
     assert main(["predict", str(ckpt), str(tmp_path), str(tmp_path), "--no-progress"]) == 2
     assert "overwrite" in capsys.readouterr().err
     assert (tmp_path / "a.png").read_bytes() == before
+
+
+def test_the_preprocessor_is_built_once_per_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt = _checkpoint(tmp_path / "m.pt")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(3):
+        _png(inputs / f"c{i}.png", (16, 20), i)
+    built = []
+    original = Preprocessor.from_dict.__func__
+
+    def counting(cls: type, data: dict) -> Preprocessor:
+        built.append(data)
+        return original(cls, data)
+
+    monkeypatch.setattr(Preprocessor, "from_dict", classmethod(counting))
+    assert len(predict_paths([ckpt], inputs, tmp_path / "out", progress=False, overlays=False)) == 3
+    assert len(built) == 1
+
+
+def test_channel_files_on_different_grids_are_refused_as_training_refuses_them(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path / "m.pt", in_channels=2, dims=3)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    data = np.random.default_rng(0).normal(size=(8, 8, 6)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), inputs / "p1_0000.nii.gz")
+    nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 2.0, 1.0])), inputs / "p1_0001.nii.gz")
+    with pytest.raises(DataError, match=r"p1_0001.nii.gz: channel file does not match p1_0000.nii.gz: spac"):
+        predict_paths([ckpt], inputs, tmp_path / "out", progress=False, channels_suffix=True)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

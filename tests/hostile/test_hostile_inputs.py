@@ -258,7 +258,7 @@ def test_train_refuses_a_mask_of_another_size(tmp_path: Path, capsys: pytest.Cap
     config = train_config(tmp_path)
     mask = tmp_path / "data" / "masks" / "case_005.png"
     Image.fromarray(np.zeros((30, 32), np.uint8)).save(mask)
-    one_error(capsys, run_train(tmp_path, config), mask, "differs from image")
+    one_error(capsys, run_train(tmp_path, config), mask, "differs from the image's")
     assert_train_left_nothing(tmp_path)
 
 

@@ -33,7 +33,7 @@ def resize_to_level(x: Tensor, size: list[int]) -> Tensor:
         pool = F.adaptive_avg_pool2d if x.dim() == 4 else F.adaptive_avg_pool3d
         x = pool(x, pooled)
     if pooled != size:
-        x = F.interpolate(x, size=size, mode=layers.interpolation_mode(x.dim() - 2), align_corners=True)
+        x = layers.resize_to(x, size, align_corners=True)
     return x
 
 

@@ -3,6 +3,7 @@ batched augmentation and synthetic data. A leaf package: it never imports models
 
 from medseg.data.augment import AugmentationConfig, BatchAugmenter
 from medseg.data.cache import PreprocessedCache
+from medseg.data.cases import read_case
 from medseg.data.check import CheckReport, check_dataset
 from medseg.data.datasets import (
     Case,
@@ -35,11 +36,40 @@ from medseg.data.synthetic import (
     write_polyp_dataset,
 )
 
-__all__ = [
-    "AugmentationConfig", "BatchAugmenter", "Case", "CheckReport", "DataError", "Dataset", "Geometry",
-    "PatchSampler", "PreprocessedCache", "Preprocessor", "build_train_loader", "case_id", "check_dataset",
-    "has_non_finite", "image_extensions", "kfold_splits", "load_dataset", "make_lesion_volume",
-    "make_nuclei_image", "make_polyp_image", "map_labels", "normalize", "read_image", "read_mask",
-    "read_splits", "resample", "resize", "train_val_split", "write_image", "write_lesion_dataset",
-    "write_mask", "write_nuclei_dataset", "write_polyp_dataset", "write_splits",
+__all__ = [  # one name a line, so that modules added side by side merge
+    "AugmentationConfig",
+    "BatchAugmenter",
+    "PreprocessedCache",
+    "read_case",
+    "CheckReport",
+    "check_dataset",
+    "Case",
+    "Dataset",
+    "kfold_splits",
+    "load_dataset",
+    "read_splits",
+    "train_val_split",
+    "write_splits",
+    "DataError",
+    "Geometry",
+    "case_id",
+    "has_non_finite",
+    "image_extensions",
+    "read_image",
+    "read_mask",
+    "write_image",
+    "write_mask",
+    "build_train_loader",
+    "Preprocessor",
+    "map_labels",
+    "normalize",
+    "resample",
+    "resize",
+    "PatchSampler",
+    "make_lesion_volume",
+    "make_nuclei_image",
+    "make_polyp_image",
+    "write_lesion_dataset",
+    "write_nuclei_dataset",
+    "write_polyp_dataset",
 ]

@@ -19,15 +19,17 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from medseg.data.cases import CaseLike, Reader, read_case
 from medseg.data.geometry import DataError, Geometry
+from medseg.data.io import read_image, read_mask
 from medseg.data.preprocess import PreprocessedCase, Preprocessor, compact_label_dtype
 from medseg.data.sampling import LOCATIONS_PER_CLASS, class_locations
 from medseg.errors import MedsegError
@@ -41,23 +43,6 @@ IMAGE_DTYPES = ("float32", "float16")
 MANIFEST_FLUSH_SECONDS = 30.0
 """While preparing, the manifest is rewritten at most this often (and at the end), so an interrupted run
 keeps the cases it finished."""
-
-Reader = Callable[[Path], tuple[np.ndarray, Geometry]]
-
-
-class CaseLike(Protocol):
-    """What the cache needs of a case (``medseg.data.datasets.Case``)."""
-
-    case_id: str
-    images: list[Path]
-    label: Path | None
-
-
-def _default_readers() -> tuple[Reader, Reader]:
-    from medseg.data.io import read_image, read_mask
-
-    return read_image, read_mask
-
 
 def file_record(path: Path, content_hash: bool = False) -> dict[str, Any]:
     """What identifies a source file's version: its path, size and ``mtime_ns`` (and SHA-256)."""
@@ -88,46 +73,6 @@ def save_array(path: Path, array: np.ndarray) -> None:
     """``np.save`` to ``path`` atomically."""
     with atomic_path(path) as tmp, tmp.open("wb") as handle:
         np.save(handle, array, allow_pickle=False)
-
-
-def read_case(case: CaseLike, reader: Reader, mask_reader: Reader | None = None
-              ) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
-    """Read a case's channels (concatenated) and label (with ``mask_reader``, default ``reader``); checks
-    the shapes, the label's channel count and values, and non-finite image voxels."""
-    arrays, geometry = [], None
-    for path in case.images:
-        array, geom = reader(Path(path))
-        if arrays and array.shape[1:] != arrays[0].shape[1:]:
-            raise DataError(path, f"spatial shape {array.shape[1:]} differs from the case's first channel "
-                                  f"{arrays[0].shape[1:]}")
-        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-            raise DataError(path, "contains NaN or Inf voxels")
-        arrays.append(array)
-        geometry = geometry or geom
-    if not arrays:
-        raise MedsegError(f"case {case.case_id!r}: no image files")
-    image = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
-    if case.label is None:
-        return image, None, geometry
-    label, label_geometry = (mask_reader or reader)(Path(case.label))
-    if label.shape[0] != 1:
-        raise DataError(case.label, f"label has {label.shape[0]} channels, expected 1")
-    if label.shape[1:] != image.shape[1:]:
-        raise DataError(case.label, f"label shape {label.shape[1:]} differs from image {image.shape[1:]}")
-    if geometry is not None and not label_geometry.matches(geometry):
-        mine, theirs = label_geometry, geometry
-        raise DataError(case.label, f"geometry differs from the image's ({case.images[0]}): spacing "
-                                    f"{_numbers(mine.spacing)} vs {_numbers(theirs.spacing)}, origin "
-                                    f"{_numbers(mine.origin)} vs {_numbers(theirs.origin)}")
-    if not np.issubdtype(label.dtype, np.integer):
-        if not np.isfinite(label).all() or np.any(label != np.round(label)):
-            raise DataError(case.label, "label has non-integer values")
-        label = label.astype(np.int64)
-    return image, label, geometry
-
-
-def _numbers(values: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
 def _geometry_record(geometry: Geometry) -> dict[str, list[float]]:
@@ -198,8 +143,7 @@ class PreprocessedCache:
         self.root = Path(root)
         self.preprocessor = preprocessor
         if reader is None:
-            reader, default_mask_reader = _default_readers()
-            mask_reader = mask_reader or default_mask_reader
+            reader, mask_reader = read_image, mask_reader or read_mask
         self.readers = (reader, mask_reader or reader)
         self.image_dtype = image_dtype
         self.content_hash = content_hash

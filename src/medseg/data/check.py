@@ -32,6 +32,7 @@ from typing import TypeVar
 import numpy as np
 from tqdm import tqdm
 
+from medseg.data.cases import channel_problem, label_problem
 from medseg.data.datasets import Case, Dataset, Problem, scan_dataset
 from medseg.data.formats.base import ImageInfo
 from medseg.data.geometry import DataError, Geometry
@@ -167,7 +168,9 @@ def check_case(case: Case, allowed: tuple[set[int], str] | None = None) -> CaseR
     if image is None:
         return None, problems
     if label is not None:
-        problems += _pair_problems(case, image.geometry, label[1])
+        assert case.label is not None
+        problem = label_problem(case.images[0], _grid(image), label[1].with_shape(tuple(label[0].shape[1:])))
+        problems += [Problem(case.label, problem)] if problem else []
     stats = CaseStats(case.case_id, image.shape, tuple(float(s) for s in image.geometry.spacing),
                       image.channels, label_counts)
     return stats, problems
@@ -231,9 +234,9 @@ def _read_channels(paths: Sequence[Path], problems: list[Problem]) -> ImageInfo 
     (first, info), *others = parts
     for p, other in others:
         assert info is not None and other is not None
-        if other.shape != info.shape or not other.geometry.matches(info.geometry):
-            problems.append(Problem(p, f"channel file does not match {first.name}: "
-                                       f"{_difference(info.geometry, other.geometry)}"))
+        problem = channel_problem(first, _grid(info), p, _grid(other))
+        if problem:
+            problems.append(Problem(p, problem))
             return None
     return replace(info, channels=sum(part.channels for _, part in parts if part is not None))
 
@@ -286,27 +289,9 @@ def _value_counts(label: np.ndarray) -> dict[int, int]:
     return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
 
 
-def _pair_problems(case: Case, image_geometry: Geometry, label_geometry: Geometry) -> list[Problem]:
-    """The label's size or geometry against its image's."""
-    assert case.label is not None
-    image_path = case.images[0]
-    if tuple(label_geometry.shape) != tuple(image_geometry.shape):
-        return [Problem(case.label, f"size {_shape_text(label_geometry.shape)} differs from the image's "
-                                    f"{_shape_text(image_geometry.shape)} ({image_path})")]
-    if not label_geometry.matches(image_geometry):
-        return [Problem(case.label, f"geometry differs from the image's ({image_path}): "
-                                    f"{_difference(image_geometry, label_geometry)}")]
-    return []
-
-
-def _difference(reference: Geometry, other: Geometry) -> str:
-    """Which of shape, spacing, origin and direction differ: ``spacing (2, 1) vs (1, 1)``."""
-    parts = []
-    for name in ("shape", "spacing", "origin", "direction"):
-        mine, theirs = np.asarray(getattr(other, name), float), np.asarray(getattr(reference, name), float)
-        if mine.shape != theirs.shape or not np.allclose(mine, theirs, rtol=1e-5, atol=1e-4):
-            parts.append(f"{name} {_shape_text(mine)} vs {_shape_text(theirs)}")
-    return ", ".join(parts) or "geometry differs"
+def _grid(info: ImageInfo) -> Geometry:
+    """The geometry of an inspected image, with its spatial shape."""
+    return info.geometry.with_shape(tuple(info.shape))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -341,10 +326,6 @@ def _majority(values: Iterable[int], what: str, total: int) -> tuple[int | None,
 # ----------------------------------------------------------------------------------------------------
 # Summary text
 # ----------------------------------------------------------------------------------------------------
-
-def _shape_text(values: Iterable[float]) -> str:
-    return "(" + ", ".join(f"{v:g}" for v in np.asarray(list(values), float).ravel()) + ")"
-
 
 def _list_text(values: Sequence[int]) -> str:
     shown = ", ".join(str(v) for v in values[:_MAX_CLASS_LINES])

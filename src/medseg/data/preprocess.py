@@ -17,18 +17,21 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
+from medseg import layers
 from medseg.data.geometry import Geometry
 from medseg.errors import MedsegError
 
 Box = tuple[tuple[int, int], ...]
 """A bounding box: ``(start, stop)`` per spatial axis, in array order."""
+
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
+"""A numpy array or a torch tensor (the steps that map predictions back take either)."""
 
 ANISOTROPY_THRESHOLD = 3.0
 """nnU-Net's ``ANISO_THRESHOLD``: spacing ratio above which the low-resolution axis is resampled apart."""
@@ -59,9 +62,12 @@ def crop(array: np.ndarray, box: Box) -> np.ndarray:
     return array[(slice(None), *(slice(start, stop) for start, stop in box))]
 
 
-def uncrop(array: np.ndarray, box: Box, full_shape: Sequence[int], fill: float = 0) -> np.ndarray:
-    """Put a cropped ``[C, *spatial]`` array back into a ``fill``-ed array of spatial ``full_shape``."""
-    out = np.full((array.shape[0], *full_shape), fill, dtype=array.dtype)
+def uncrop(array: Array, box: Box, full_shape: Sequence[int], fill: float = 0) -> Array:
+    """Put a cropped ``[C, *spatial]`` array (numpy or torch) back into a ``fill``-ed one of spatial
+    ``full_shape``."""
+    shape = (array.shape[0], *(int(n) for n in full_shape))
+    out = torch.full(shape, fill, dtype=array.dtype, device=array.device) if isinstance(array, torch.Tensor) \
+        else np.full(shape, fill, dtype=array.dtype)
     out[(slice(None), *(slice(start, stop) for start, stop in box))] = array
     return out
 
@@ -308,21 +314,26 @@ def compute_ct_stats(pairs: Iterable[tuple[np.ndarray, np.ndarray]],
 # --------------------------------------------------------------------------- resize (fixed-size 2D models)
 
 
-def resize(array: np.ndarray, shape: Sequence[int], is_label: bool = False) -> np.ndarray:
-    """Resize ``[C, *spatial]`` to spatial ``shape``: images (bi/tri)linear (antialiased when shrinking a 2D
-    image), labels nearest (``nearest-exact``: no new values). The dtype is kept for labels, float32 else."""
+def resize(array: Array, shape: Sequence[int], is_label: bool = False) -> Array:
+    """Resize ``[C, *spatial]`` (numpy or torch) to spatial ``shape`` with :func:`medseg.layers.resize_to`
+    (images: (bi/tri)linear, antialiased when shrinking a 2D image) or :func:`medseg.layers.resize_labels`
+    (labels: ``nearest-exact``, no new values). The dtype is kept for labels, float32 else; the result is
+    of the input's kind (a tensor stays on its device)."""
     shape = tuple(int(s) for s in shape)
     if len(shape) != array.ndim - 1:
         raise MedsegError(f"resize to {shape}: the array has {array.ndim - 1} spatial axes")
-    if shape == array.shape[1:]:
-        return array.copy() if is_label else array.astype(np.float32)
-    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+    is_tensor = isinstance(array, torch.Tensor)
+    if shape == tuple(array.shape[1:]):
+        if is_label:
+            return array.clone() if is_tensor else array.copy()
+        return array.float() if is_tensor else array.astype(np.float32)
+    tensor = array.float().contiguous() if is_tensor else torch.from_numpy(np.ascontiguousarray(array,
+                                                                                             dtype=np.float32))
     if is_label:
-        out = F.interpolate(tensor, size=shape, mode="nearest-exact")
-        return out[0].numpy().astype(array.dtype)
-    mode = "bilinear" if len(shape) == 2 else "trilinear"
-    antialias = len(shape) == 2 and any(n < s for n, s in zip(shape, array.shape[1:], strict=True))
-    return F.interpolate(tensor, size=shape, mode=mode, align_corners=False, antialias=antialias)[0].numpy()
+        out = layers.resize_labels(tensor[None], list(shape))[0]
+        return out.to(array.dtype) if is_tensor else out.numpy().astype(array.dtype)
+    out = layers.resize_to(tensor[None], list(shape), antialias=True)[0]
+    return out if is_tensor else out.numpy()
 
 
 # --------------------------------------------------------------------------- labels
@@ -498,9 +509,10 @@ class Preprocessor:
                                 geometry=new_geometry, original_geometry=geometry,
                                 original_shape=original_shape, crop_box=box, resampled_shape=resampled_shape)
 
-    def revert(self, array: np.ndarray, case: PreprocessedCase, order: int = 1, fill: float = 0
-               ) -> np.ndarray:
-        """Map a ``[K, *spatial]`` prediction on the preprocessed grid back to the source grid.
+    def revert(self, array: Array, case: PreprocessedCase, order: int = 1, fill: float = 0) -> Array:
+        """Map a ``[K, *spatial]`` prediction (numpy or torch) on the preprocessed grid back to the source
+        grid; a tensor stays a tensor (only the spline resampling to the source spacing goes through
+        scipy, hence numpy).
 
         ``order`` 0 for label maps (nearest), 1 for probabilities or logits. Voxels outside the crop box get
         ``fill`` (for probabilities the caller fills the background channel with 1).
@@ -510,8 +522,11 @@ class Preprocessor:
         if self.target_spacing is not None:
             cropped = crop_geometry(case.original_geometry.with_shape(case.original_shape), case.crop_box)
             at_target = replace(cropped, spacing=self.target_spacing, shape=case.resampled_shape)
-            array, _ = resample(array, at_target, cropped.spacing, order, shape=case.cropped_shape,
-                                anisotropy_threshold=self.anisotropy_threshold)
+            tensor = isinstance(array, torch.Tensor)
+            source = array.cpu().numpy() if tensor else array
+            resampled, _ = resample(source, at_target, cropped.spacing, order, shape=case.cropped_shape,
+                                    anisotropy_threshold=self.anisotropy_threshold)
+            array = torch.from_numpy(resampled).to(array.device) if tensor else resampled
         if case.cropped_shape != case.original_shape:
             array = uncrop(array, case.crop_box, case.original_shape, fill)
         return array

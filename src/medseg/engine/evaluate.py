@@ -11,6 +11,9 @@ Conventions:
   spacing is ignored, its shape must equal the truth's (axes of size 1 aside), else the case is left out
   and reported as a problem.
 - Classes: the ``labels`` given, else every non-zero label of the ground truth (union over the cases).
+  Each truth is read once: without ``labels`` a case is first evaluated for its own truth's labels and
+  again, for the union, only when those differ; the report's overlays come from the evaluated arrays
+  (only the images of the shown cases are read).
 - Predictions are label maps or probability maps. A float map with values in [0, 1] that are not all
   whole numbers is a probability map: one channel is the foreground probability (binary task, label
   ``p >= 0.5``), several channels are per-label probabilities (channel ``c`` is label ``c``, labels by
@@ -35,9 +38,10 @@ import logging
 import multiprocessing
 import sys
 import warnings
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +49,7 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
+from medseg.data.cases import read_case
 from medseg.data.datasets import (
     Case,
     image_files,
@@ -55,6 +60,8 @@ from medseg.data.datasets import (
 )
 from medseg.data.geometry import DataError
 from medseg.data.io import case_id, read_image, read_mask
+from medseg.engine.display import display_image
+from medseg.engine.inference import probabilities_to_labels
 from medseg.engine.report import Overlay, ReportInfo, write_report
 from medseg.errors import MedsegError
 from medseg.fileio import write_text_atomically
@@ -217,10 +224,10 @@ def _probability_prediction(path: Path, array: np.ndarray, classes: Sequence[int
         if tuple(classes) != (1,):
             raise DataError(path, f"a one-channel probability map fits a binary task, not classes "
                                   f"{list(classes)}")
-        return Prediction((array[0] >= 0.5).astype(np.uint8), array.astype(np.float64))
+        return Prediction(probabilities_to_labels(array, "binary", inclusive=True), array.astype(np.float64))
     if max(classes) >= array.shape[0]:
         raise DataError(path, f"{array.shape[0]} probability channels cannot hold label {max(classes)}")
-    return Prediction(np.argmax(array, axis=0).astype(np.int32), array.astype(np.float64))
+    return Prediction(probabilities_to_labels(array, "multiclass"), array.astype(np.float64))
 
 
 def read_prediction(path: Path, classes: Sequence[int]) -> Prediction:
@@ -234,14 +241,14 @@ def read_prediction(path: Path, classes: Sequence[int]) -> Prediction:
                 and array.min() >= 0 and array.max() <= 1:
             return _probability_prediction(path, array, classes)
         if binary and array.dtype == np.uint8 and geometry.source_format in RASTER_FORMATS:
-            grey = array[:3].mean(axis=0) / 255.0
-            return Prediction((grey >= 0.5).astype(np.uint8), grey[None])
+            grey = array[:3].mean(axis=0, keepdims=True) / 255.0
+            return Prediction(probabilities_to_labels(grey, "binary", inclusive=True), grey)
         raise error
     values = labels[0]
     if binary and values.dtype == np.uint8 and geometry.source_format in RASTER_FORMATS \
             and not np.isin(values, (0, 1)).all():
-        grey = values / 255.0
-        return Prediction((grey >= 0.5).astype(np.uint8), grey[None])
+        grey = labels / 255.0
+        return Prediction(probabilities_to_labels(grey, "binary", inclusive=True), grey)
     return Prediction(values)
 
 
@@ -263,15 +270,20 @@ def read_truth(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     return labels[0], tuple(float(s) for s in geometry.spacing)
 
 
+def _fitted_prediction(path: Path, classes: Sequence[int], shape: tuple[int, ...]) -> Prediction:
+    """The prediction of ``path`` fitted to the truth's spatial ``shape`` (see :func:`_fit_shape`)."""
+    prediction = read_prediction(path, classes)
+    labels = _fit_shape(path, prediction.labels, shape)
+    probabilities = prediction.probabilities
+    if probabilities is not None:
+        probabilities = _fit_shape(path, probabilities, shape, leading=1)
+    return Prediction(labels, probabilities)
+
+
 def read_pair(pair: CasePair, classes: Sequence[int]) -> tuple[Prediction, np.ndarray, tuple[float, ...]]:
     """Prediction (fitted to the truth's shape), truth labels and the truth's spacing of one case."""
     truth, spacing = read_truth(pair.truth)
-    prediction = read_prediction(pair.prediction, classes)
-    labels = _fit_shape(pair.prediction, prediction.labels, truth.shape)
-    probabilities = prediction.probabilities
-    if probabilities is not None:
-        probabilities = _fit_shape(pair.prediction, probabilities, truth.shape, leading=1)
-    return Prediction(labels, probabilities), truth, spacing
+    return _fitted_prediction(pair.prediction, classes, truth.shape), truth, spacing
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -280,39 +292,95 @@ def read_pair(pair: CasePair, classes: Sequence[int]) -> tuple[Prediction, np.nd
 
 @dataclass(frozen=True)
 class CaseJob:
-    """Everything a worker needs to evaluate one case."""
+    """Everything a worker needs to evaluate one case; ``classes`` ``None``: the labels of the case's own
+    truth (a guess at the union over all truths, checked afterwards: see :func:`_evaluate_cases`)."""
 
     pair: CasePair
-    classes: tuple[int, ...]
+    classes: tuple[int, ...] | None
     metrics: tuple[str, ...]
     nsd_tolerance: float
 
 
 @dataclass(frozen=True)
+class _Packed:
+    """A label map kept compressed (zlib) until the report needs it."""
+
+    data: bytes
+    shape: tuple[int, ...]
+    dtype: str
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> _Packed:
+        array = np.ascontiguousarray(array)
+        return cls(zlib.compress(array.tobytes(), 1), array.shape, array.dtype.str)
+
+    def array(self) -> np.ndarray:
+        return np.frombuffer(zlib.decompress(self.data), dtype=self.dtype).reshape(self.shape)
+
+
+@dataclass(frozen=True)
+class OverlayView:
+    """What the report draws of one case, taken from the arrays the case was evaluated with (so that no
+    file is read again for the report): truth and prediction restricted to the classes, in 2D; of a 3D
+    case the slice along the first axis with the most wrong voxels (:func:`error_slice`)."""
+
+    truth: _Packed
+    prediction: _Packed
+    empty_prediction: bool
+    aspect: float
+    slice_index: int | None = None
+    slices: int = 0
+
+
+def overlay_view(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float],
+                 classes: Sequence[int]) -> OverlayView:
+    """The :class:`OverlayView` of a case's prediction and truth labels ``[*spatial]``."""
+    keep = np.isin(truth, classes)
+    truth = np.where(keep, truth, 0)
+    predicted = np.where(np.isin(prediction, classes), prediction, 0)
+    empty, index = not predicted.any(), None
+    if truth.ndim == 3:
+        index = error_slice(predicted, truth)
+        truth, predicted, spacing = truth[index], predicted[index], spacing[1:]
+    return OverlayView(_Packed.of(truth), _Packed.of(predicted), empty, spacing[0] / spacing[1], index,
+                       keep.shape[0])
+
+
+@dataclass(frozen=True)
 class CaseResult:
-    """The rows of one case, its mean Dice over the classes (for ranking), or the problem that stopped it."""
+    """The rows of one case, its mean Dice over the classes (for ranking), or the problem that stopped it;
+    the classes it was evaluated for, its truth's non-zero labels (``None``: the truth was not read) and
+    its overlay view."""
 
     case_id: str
     rows: list[Row]
     dice: float
     problem: str | None = None
+    classes: tuple[int, ...] | None = None
+    truth_labels: frozenset[int] | None = None
+    view: OverlayView | None = None
 
 
 def evaluate_job(job: CaseJob) -> CaseResult:
-    """Evaluate one case; a bad file, a size mismatch or probabilities that do not fit the classes become
-    the result's ``problem``."""
-    identifier = job.pair.case_id
+    """Evaluate one case, reading its truth once; a bad file, a size mismatch or probabilities that do not
+    fit the classes become the result's ``problem``."""
+    identifier, found, classes = job.pair.case_id, None, job.classes
     try:
-        prediction, truth, spacing = read_pair(job.pair, job.classes)
-        values = evaluate_case(prediction.labels, truth, classes=list(job.classes), spacing=spacing,
+        truth, spacing = read_truth(job.pair.truth)
+        if classes is None:
+            found = frozenset(int(v) for v in np.unique(truth) if v != 0)
+            classes = tuple(sorted(found)) or (1,)
+        prediction = _fitted_prediction(job.pair.prediction, classes, truth.shape)
+        values = evaluate_case(prediction.labels, truth, classes=list(classes), spacing=spacing,
                                metrics=list(job.metrics), probabilities=prediction.probabilities,
                                nsd_tolerance=job.nsd_tolerance)
     except MedsegError as error:
         problem = f"{error.path.name}: {error.problem}" if isinstance(error, DataError) else str(error)
-        return CaseResult(identifier, [], float("nan"), problem)
+        return CaseResult(identifier, [], float("nan"), problem, classes, found)
     rows = [(identifier, int(label), name, float(value)) for label, name, value in values]
-    ranking = float(np.mean([dice(prediction.labels == c, truth == c) for c in job.classes]))
-    return CaseResult(identifier, rows, ranking)
+    ranking = float(np.mean([dice(prediction.labels == c, truth == c) for c in classes]))
+    return CaseResult(identifier, rows, ranking, None, classes, found,
+                      overlay_view(prediction.labels, truth, spacing, classes))
 
 
 def truth_labels(path: Path) -> set[int] | str:
@@ -356,19 +424,30 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int, prog
         return ordered
 
 
-def _classes_of_truth(pairs: Sequence[CasePair], workers: int, progress: bool,
-                      problems: dict[str, str]) -> tuple[int, ...]:
-    found = parallel_map(truth_labels, [p.truth for p in pairs], workers=workers, progress=progress,
-                         description="labels")
-    classes: set[int] = set()
-    for pair, labels in zip(pairs, found, strict=True):
-        if isinstance(labels, str):
-            problems[pair.case_id] = labels
-        else:
-            classes |= labels
-    if not classes:
+def _evaluate_cases(pairs: Sequence[CasePair], labels: Sequence[int] | None, metrics: tuple[str, ...],
+                    nsd_tolerance: float, workers: int, progress: bool
+                    ) -> tuple[tuple[int, ...], list[CaseResult]]:
+    """The classes and the result of every pair, each truth read once where possible.
+
+    With ``labels`` every case is evaluated for those. Without, the classes are the union of the truths'
+    non-zero labels: each case is first evaluated for the labels of its own truth, and only the cases
+    whose labels are not the union are evaluated again (reading their files again), for the union.
+    """
+    given = None if labels is None else tuple(sorted({int(c) for c in labels}))
+    jobs = [CaseJob(p, given, metrics, nsd_tolerance) for p in pairs]
+    results = parallel_map(evaluate_job, jobs, workers=workers, progress=progress, description="evaluate")
+    if given is not None:
+        return given, results
+    union: set[int] = set().union(*(r.truth_labels for r in results if r.truth_labels is not None))
+    if not union:
         logger.warning("the ground truth holds no foreground label; evaluating label 1")
-    return tuple(sorted(classes)) or (1,)
+    classes = tuple(sorted(union)) or (1,)
+    again = [i for i, r in enumerate(results) if r.truth_labels is not None and r.classes != classes]
+    redone = parallel_map(evaluate_job, [replace(jobs[i], classes=classes) for i in again], workers=workers,
+                          progress=progress, description="evaluate (all classes)")
+    for i, result in zip(again, redone, strict=True):
+        results[i] = result
+    return classes, results
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -468,18 +547,18 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_dir: str | Pa
     _log_unmatched(matching)
     problems = dict(matching.problems)
     pairs = matching.pairs
-    classes = tuple(sorted({int(c) for c in labels})) if labels is not None else \
-        _classes_of_truth(pairs, workers, progress, problems)
-    jobs = [CaseJob(p, classes, names, float(nsd_tolerance)) for p in pairs if p.case_id not in problems]
-    results = parallel_map(evaluate_job, jobs, workers=workers, progress=progress, description="evaluate")
+    classes, results = _evaluate_cases(pairs, labels, names, float(nsd_tolerance), workers, progress)
     rows: list[Row] = []
     ranking: dict[str, float] = {}
+    views: dict[str, OverlayView] = {}
     for result in results:
         if result.problem is not None:
             problems[result.case_id] = result.problem
         else:
             rows += result.rows
             ranking[result.case_id] = result.dice
+            if result.view is not None:
+                views[result.case_id] = result.view
     problems = dict(sorted(problems.items()))
     if not rows:  # one error line, not a warning per case before it
         first, problem = next(iter(problems.items()))
@@ -492,7 +571,7 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_dir: str | Pa
                 ground_truth_folder=str(gt_dir), nsd_tolerance=float(nsd_tolerance))
     summary = Summary(data, rows, ranking)
     out = Path(out_dir) if out_dir is not None else pred_dir / "evaluation"
-    write_outputs(summary, out, {p.case_id: p for p in pairs})
+    write_outputs(summary, out, {p.case_id: p for p in pairs}, views)
     return summary
 
 
@@ -509,19 +588,20 @@ def metrics_csv(rows: Sequence[Row]) -> str:
     return buffer.getvalue()
 
 
-def _display_image(path: Path | None, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The case's image as ``[*spatial]`` grey or ``[*spatial, 3]`` RGB, or ``None`` when absent,
-    unreadable or of another shape than the truth."""
-    if path is None:
+def _display_image(pair: CasePair, shape: tuple[int, ...], index: int | None) -> np.ndarray | None:
+    """The picture (:func:`~medseg.engine.display.display_image`) of the case's image, of a 3D image its
+    slice ``index`` (first channel), or ``None`` when absent, unreadable or of another shape than the
+    truth."""
+    if pair.image is None:
         return None
     try:
-        array, _ = read_image(path)
+        image = read_case(Case(pair.case_id, [pair.image]))[0]
     except DataError as error:
         logger.info("overlay without its image: %s", error)
         return None
-    if array.shape[0] == 3 and len(shape) == 2 and array.shape[1:] == shape:
-        return np.moveaxis(array, 0, -1)
-    return array[0] if array.shape[1:] == shape else None
+    if image.shape[1:] != shape:
+        return None
+    return display_image(image if index is None else image[:1, index])
 
 
 def error_slice(prediction: np.ndarray, truth: np.ndarray) -> int:
@@ -535,49 +615,50 @@ def error_slice(prediction: np.ndarray, truth: np.ndarray) -> int:
     return int(np.argmax(foreground)) if foreground.any() else truth.shape[0] // 2
 
 
-def make_overlay(pair: CasePair, classes: Sequence[int], score: float) -> Overlay | None:
-    """The picture of one case: image (or the truth as grey), truth and prediction, 3D: the worst slice."""
-    try:
-        prediction, truth, spacing = read_pair(pair, classes)
-    except DataError as error:
-        logger.info("no overlay of %s: %s", pair.case_id, error)
-        return None
-    keep = np.isin(truth, classes)
-    truth = np.where(keep, truth, 0)
-    predicted = np.where(np.isin(prediction.labels, classes), prediction.labels, 0)
-    image = _display_image(pair.image, truth.shape)
-    caption = f"{pair.case_id} — Dice {score:.3f}" + ("" if predicted.any() else " — empty prediction")
-    if truth.ndim == 3:
-        index = error_slice(predicted, truth)
-        image = image[index] if image is not None else None
-        truth, predicted = truth[index], predicted[index]
-        caption += f" — slice {index} of {keep.shape[0]} (axis 0)"
-        spacing = spacing[1:]
-    return Overlay(pair.case_id, score, caption, image, truth, predicted, aspect=spacing[0] / spacing[1])
+def make_overlay(pair: CasePair, classes: Sequence[int], score: float,
+                 view: OverlayView | None = None) -> Overlay | None:
+    """The picture of one case: image (or the truth as grey), truth and prediction, 3D: the worst slice;
+    from its :class:`OverlayView` when given, else from the files."""
+    if view is None:
+        try:
+            prediction, truth, spacing = read_pair(pair, classes)
+        except DataError as error:
+            logger.info("no overlay of %s: %s", pair.case_id, error)
+            return None
+        view = overlay_view(prediction.labels, truth, spacing, classes)
+    truth, predicted = view.truth.array(), view.prediction.array()
+    full_shape = truth.shape if view.slice_index is None else (view.slices, *truth.shape)
+    image = _display_image(pair, full_shape, view.slice_index)
+    caption = f"{pair.case_id} — Dice {score:.3f}" + (" — empty prediction" if view.empty_prediction else "")
+    if view.slice_index is not None:
+        caption += f" — slice {view.slice_index} of {view.slices} (axis 0)"
+    return Overlay(pair.case_id, score, caption, image, truth, predicted, aspect=view.aspect)
 
 
-def _ranked_overlays(summary: Summary, pairs: dict[str, CasePair],
-                     classes: Sequence[int]) -> tuple[list[Overlay], list[Overlay]]:
+def _ranked_overlays(summary: Summary, pairs: dict[str, CasePair], classes: Sequence[int],
+                     views: dict[str, OverlayView]) -> tuple[list[Overlay], list[Overlay]]:
     order = sorted(summary.dice, key=lambda c: (summary.dice[c], c))
     worst = order[:OVERLAY_CASES]
     best = [c for c in reversed(order) if c not in worst][:OVERLAY_CASES]
 
     def pictures(ids: Sequence[str]) -> list[Overlay]:
-        found = (make_overlay(pairs[c], classes, summary.dice[c]) for c in ids)
+        found = (make_overlay(pairs[c], classes, summary.dice[c], views.get(c)) for c in ids)
         return [o for o in found if o is not None]
 
     return pictures(worst), pictures(best)
 
 
-def write_outputs(summary: Summary, out_dir: Path, pairs: dict[str, CasePair]) -> None:
-    """Write ``metrics.csv``, ``summary.json`` and ``report.html`` into ``out_dir``."""
+def write_outputs(summary: Summary, out_dir: Path, pairs: dict[str, CasePair],
+                  views: dict[str, OverlayView] | None = None) -> None:
+    """Write ``metrics.csv``, ``summary.json`` and ``report.html`` into ``out_dir`` (the overlays from
+    the cases' ``views`` where given, else from their files)."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MedsegError(f"cannot create the output folder {out_dir}: {exc.strerror}") from None
     files = {name: out_dir / name for name in ("metrics.csv", "summary.json", "report.html")}
     classes = summary.data["classes"]
-    worst, best = _ranked_overlays(summary, pairs, classes)
+    worst, best = _ranked_overlays(summary, pairs, classes, views or {})
     info = ReportInfo(prediction_folder=summary.data["prediction_folder"],
                       ground_truth_folder=summary.data["ground_truth_folder"],
                       date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))

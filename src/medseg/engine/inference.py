@@ -34,13 +34,15 @@ import itertools
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from medseg.errors import MedsegError, check_choice
+from medseg.layers import resize_to
 from medseg.outputs import SegOutput, main_logits
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,9 @@ Predictor = Callable[[Tensor], "Tensor | SegOutput"]
 """Any callable on a window batch ``[b, C, *patch]`` returning logits ``[b, K, *patch]`` (or a
 :class:`SegOutput`); typically a model in eval mode. The returned tensor is reused in place (weighted,
 summed over mirrors) unless it shares memory with the input batch."""
+
+Scores = TypeVar("Scores", Tensor, np.ndarray)
+"""Logits or probabilities ``[K, *spatial]``: a tensor, or for the label conversions a numpy array too."""
 
 Convention = Literal["nnunet", "monai"]
 CONVENTIONS = ("nnunet", "monai")
@@ -326,17 +331,6 @@ def sliding_window_inference(predictor: Predictor, image: Tensor, patch_size: Se
 # Whole-image inference, dispatch and ensembling
 # ----------------------------------------------------------------------------------------------------
 
-def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
-    """Linear (bilinear/trilinear) resize of ``[B, C, *spatial]`` to ``size``; antialiased when shrinking
-    a 2D image."""
-    if tuple(x.shape[2:]) == tuple(size):
-        return x
-    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
-    shrinking = any(t < s for t, s in zip(size, x.shape[2:], strict=True))
-    return F.interpolate(x.float(), size=tuple(size), mode=mode, align_corners=False,
-                         antialias=shrinking and len(size) == 2)
-
-
 def whole_image_inference(predictor: Predictor, image: Tensor, model_size: Sequence[int] | None = None, *,
                           mirror_axes: Sequence[int] | None = None,
                           device: torch.device | str | None = None) -> Tensor:
@@ -350,9 +344,9 @@ def whole_image_inference(predictor: Predictor, image: Tensor, model_size: Seque
     batch = x.unsqueeze(0).to(device if device is not None else x.device)
     with torch.no_grad():  # not inference_mode: the result stays a normal tensor
         if model_size is not None:
-            batch = _resize(batch, _patch_tuple(model_size))
+            batch = resize_to(batch.float(), list(_patch_tuple(model_size)), antialias=True)
         logits = predict_mirrored(predictor, batch, mirror_axes)
-        return _resize(logits, size)[0]
+        return resize_to(logits, list(size), antialias=True)[0]
 
 
 def predict_logits(predictor: Predictor, image: Tensor, num_classes: int, *,
@@ -425,30 +419,38 @@ def logits_to_probabilities(logits: Tensor, mode: str, *, inplace: bool = False)
     return out
 
 
-def _labels(scores: Tensor, mode: str, cut: float) -> Tensor:
+def _labels(scores: Scores, mode: str, cut: float, inclusive: bool = False) -> Scores:
     """Labels from probabilities or logits: argmax over channels (uint8 up to 256 classes) or
-    ``scores > cut`` per channel (uint8); binary gives ``[*spatial]``."""
+    ``scores > cut`` (``>=`` when ``inclusive``) per channel (uint8); binary gives ``[*spatial]``. A numpy
+    array is converted with numpy (no torch: safe in forked evaluation workers)."""
     _check_mode(mode, scores.shape[0])
+    if isinstance(scores, np.ndarray):
+        if mode == "multiclass":
+            return np.argmax(scores, axis=0).astype(np.uint8 if scores.shape[0] <= 256 else np.int64)
+        labels = (scores >= cut if inclusive else scores > cut).astype(np.uint8)
+        return labels[0] if mode == "binary" else labels
     if mode == "multiclass":
         dtype = torch.uint8 if scores.shape[0] <= 256 else torch.int64
         out = torch.empty(scores.shape[1:], dtype=dtype, device=scores.device)
         for rows in _chunks(scores.shape[1], scores[:, :1].numel()):
             out[rows] = scores[:, rows].argmax(dim=0).to(dtype)
         return out
-    labels = (scores > cut).to(torch.uint8)
+    labels = (scores >= cut if inclusive else scores > cut).to(torch.uint8)
     return labels[0] if mode == "binary" else labels
 
 
-def probabilities_to_labels(probabilities: Tensor, mode: str, threshold: float = 0.5) -> Tensor:
-    """Label map of probabilities ``[K, *spatial]``: ``multiclass`` -> argmax ``[*spatial]``;
-    ``binary`` -> ``p > threshold`` ``[*spatial]``; ``multilabel`` -> ``p > threshold`` ``[K, *spatial]``
-    (uint8)."""
-    return _labels(probabilities, mode, threshold)
+def probabilities_to_labels(probabilities: Scores, mode: str, threshold: float = 0.5, *,
+                            inclusive: bool = False) -> Scores:
+    """Label map of probabilities ``[K, *spatial]`` (a tensor, or a numpy array converted with numpy):
+    ``multiclass`` -> argmax ``[*spatial]``; ``binary`` -> ``p > threshold`` ``[*spatial]``; ``multilabel``
+    -> ``p > threshold`` ``[K, *spatial]`` (uint8). ``inclusive``: ``p >= threshold`` (how ``medseg
+    evaluate`` reads probability maps)."""
+    return _labels(probabilities, mode, threshold, inclusive)
 
 
-def logits_to_labels(logits: Tensor, mode: str, threshold: float = 0.5) -> Tensor:
+def logits_to_labels(logits: Scores, mode: str, threshold: float = 0.5) -> Scores:
     """The labels of :func:`probabilities_to_labels` computed from the logits without the probabilities
-    (argmax of logits; ``logit > log(t / (1 - t))`` for sigmoid channels)."""
+    (argmax of logits; ``logit > log(t / (1 - t))`` for sigmoid channels); tensors or numpy arrays."""
     if not 0 < threshold < 1:
         raise MedsegError(f"threshold must be in (0, 1), got {threshold}")
     return _labels(logits, mode, math.log(threshold / (1 - threshold)))

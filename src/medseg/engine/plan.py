@@ -35,7 +35,7 @@ from medseg.data import (
     Preprocessor,
     build_train_loader,
     load_dataset,
-    read_image,
+    read_case,
     read_splits,
     train_val_split,
     write_splits,
@@ -49,9 +49,8 @@ from medseg.engine.config import RunConfig, lr_factor_function
 from medseg.engine.distributed import DistributedContext, barrier, wrap_model
 from medseg.engine.rundir import RunPaths
 from medseg.errors import MedsegError
-from medseg.layers import resize_to
+from medseg.layers import resize_labels, resize_to
 from medseg.losses import build_loss
-from medseg.losses.deep_supervision import resize_nearest
 from medseg.models.pointrend import wrap_pointrend
 from medseg.models.registry import create_model, model_info
 
@@ -104,13 +103,8 @@ def _ensure_synthetic(config: RunConfig, ctx: DistributedContext) -> None:
 
 def _probe(dataset: Dataset) -> tuple[int, int]:
     """Channels and spatial dimensionality of the data set, from its first case."""
-    first = dataset.cases[0]
-    channels, dims = 0, 0
-    for path in first.images:
-        array, _ = read_image(path)
-        channels += array.shape[0]
-        dims = array.ndim - 1
-    return channels, dims
+    image = read_case(dataset.cases[0], with_label=False)[0]
+    return int(image.shape[0]), image.ndim - 1
 
 
 def build_preprocessor(config: RunConfig, dataset: Dataset, channels: int, dims: int,
@@ -124,14 +118,12 @@ def build_preprocessor(config: RunConfig, dataset: Dataset, channels: int, dims:
         scheme = "rgb" if channels == 3 and dims == 2 else "ct" if "ct" in names else "zscore"
     stats: dict[str, Any] = {}
     if scheme == "ct":
-        from medseg.data import read_mask
         from medseg.data.preprocess import compute_ct_stats
 
         def pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             for case_id in train_ids:
-                case = dataset.case(case_id)
-                image = np.concatenate([read_image(p)[0] for p in case.images])
-                yield image, read_mask(case.label)[0]
+                image, label, _ = read_case(dataset.case(case_id))
+                yield image, label
 
         stats = compute_ct_stats(pairs(), seed=config.train.seed)
     return Preprocessor(normalization=scheme, norm_stats=stats, target_spacing=data.spacing,
@@ -249,7 +241,7 @@ class MultiScale:
         size = self.size(image.shape[2:])
         if list(image.shape[2:]) == size:
             return image, label
-        return resize_to(image, size), resize_nearest(label, size, has_channels=True)
+        return resize_to(image, size), resize_labels(label, size)
 
 
 # ------------------------------------------------------------------------------------------ model & optim

@@ -29,20 +29,14 @@ from scipy import ndimage
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from medseg.data.cases import read_case
 from medseg.data.datasets import Case, cases_of_files, image_files, is_nnunet_folder
 from medseg.data.geometry import DataError, Geometry
-from medseg.data.io import (
-    case_id,
-    has_non_finite,
-    image_extension,
-    lossless_mask_path,
-    read_image,
-    write_image,
-    write_mask,
-)
+from medseg.data.io import case_id, image_extension, lossless_mask_path, write_image, write_mask
 from medseg.data.preprocess import PreprocessedCase, Preprocessor
 from medseg.engine.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
 from medseg.engine.device import resolve_device
+from medseg.engine.display import display_image
 from medseg.engine.inference import (
     ensemble_predict,
     logits_to_labels,
@@ -208,20 +202,6 @@ def find_cases(input_path: Path, in_channels: int, channels_suffix: bool | None 
     return sorted(cases, key=lambda c: c.case_id)
 
 
-def _read_case(case: Case) -> tuple[np.ndarray, Geometry]:
-    arrays, geometry = [], None
-    for path in case.images:
-        array, geo = read_image(path)
-        if has_non_finite(array):
-            raise DataError(path, "contains NaN or Inf voxels")
-        if geometry is not None and tuple(geo.shape) != tuple(geometry.shape):
-            raise DataError(path, f"channel of shape {tuple(geo.shape)} differs from {tuple(geometry.shape)}")
-        geometry = geometry or geo
-        arrays.append(array)
-    assert geometry is not None
-    return (arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)), geometry
-
-
 # ----------------------------------------------------------------------------------------------------
 # One case
 # ----------------------------------------------------------------------------------------------------
@@ -254,21 +234,14 @@ def _predict_probabilities(models: Sequence[LoadedModel], image: Tensor, setting
     return ensemble_predict(predictors, image, first.num_classes, first.label_mode, **options), True
 
 
-def _display_rgb(image: np.ndarray) -> np.ndarray:
-    """An 8-bit RGB picture ``[H, W, 3]`` of a 2D image ``[C, H, W]`` (first 3 channels, min-max scaled)."""
-    picture = (image[:3] if image.shape[0] >= 3 else np.repeat(image[:1], 3, 0)).astype(np.float32)
-    if image.dtype != np.uint8:
-        low, high = float(picture.min()), float(picture.max())
-        picture = (picture - low) * (255.0 / (high - low if high > low else 1.0))
-    return np.clip(picture, 0, 255).astype(np.uint8).transpose(1, 2, 0)
-
-
 def overlay_png(image: np.ndarray, labels: np.ndarray) -> bytes:
     """PNG bytes of a 2D image ``[C, H, W]`` with the contour of each predicted class ``[H, W]`` (or
     ``[K, H, W]`` multilabel) drawn in colour."""
     from PIL import Image
 
-    picture = _display_rgb(image)
+    picture = display_image(image)
+    if picture.ndim == 2:  # grey: RGB, for coloured contours
+        picture = np.repeat(picture[..., None], 3, axis=-1)
     if labels.ndim == 2:
         masks = [labels == c for c in np.unique(labels) if c != 0]
     else:
@@ -304,18 +277,18 @@ def _outputs_for(case: Case, folder: Path, spatial_dims: int, settings: PredictS
                  if settings.overlays and spatial_dims == 2 else None))
 
 
-def _revert_scores(scores: np.ndarray, preprocessor: Preprocessor, case: PreprocessedCase, mode: str,
-                   are_probabilities: bool) -> np.ndarray:
+def _revert_scores(scores: Tensor, preprocessor: Preprocessor, case: PreprocessedCase, mode: str,
+                   are_probabilities: bool) -> Tensor:
     """Logits or probabilities ``[K, *spatial]`` mapped back to the source grid (linear interpolation,
     then labels: nnU-Net resamples scores, not labels). Outside the crop box: background (logits 0 tie
     to label 0 under argmax and fall below any threshold; multiclass probabilities get 1 in channel 0).
     With identity preprocessing nothing is copied."""
     reverted = preprocessor.revert(scores, case, order=1, fill=0.0)
     if are_probabilities and mode == "multiclass" and case.cropped_shape != case.original_shape:
-        outside = np.ones(case.original_shape, dtype=bool)
+        outside = torch.ones(case.original_shape, dtype=torch.bool, device=reverted.device)
         outside[tuple(slice(a, b) for a, b in case.crop_box)] = False
         reverted[0][outside] = 1.0
-    return reverted.astype(np.float32, copy=False)
+    return reverted.float()
 
 
 def _write_outputs(outputs: CaseOutputs, image: np.ndarray, labels: np.ndarray, geometry: Geometry,
@@ -344,12 +317,18 @@ def _write_outputs(outputs: CaseOutputs, image: np.ndarray, labels: np.ndarray, 
 
 
 def predict_case(models: Sequence[LoadedModel], case: Case, outputs: CaseOutputs, settings: PredictSettings,
-                 device: torch.device) -> Path:
-    """Predict one case and write its outputs; on failure the files written for it are removed."""
+                 device: torch.device, preprocessor: Preprocessor | None = None) -> Path:
+    """Predict one case and write its outputs; on failure the files written for it are removed.
+
+    ``preprocessor``: the checkpoints' preprocessing, built once per run (default: built here). The
+    case is read as training reads cases (:func:`~medseg.data.cases.read_case`); from the preprocessed
+    image to the labels everything stays in torch (only resampling to a source spacing goes through
+    scipy), and the labels become numpy for postprocessing and writing.
+    """
     first = models[0]
     written: list[Path] = []
     try:
-        image, geometry = _read_case(case)
+        image, _, geometry = read_case(case, with_label=False)
         if image.shape[0] != first.in_channels:
             hint = " (for one file per channel, {case}_0000, {case}_0001, ..., pass --channels-suffix)" \
                 if len(case.images) == 1 and first.in_channels > image.shape[0] else ""
@@ -358,26 +337,23 @@ def predict_case(models: Sequence[LoadedModel], case: Case, outputs: CaseOutputs
         if geometry.spatial_dims != first.spatial_dims:
             raise DataError(case.images[0], f"{geometry.spatial_dims}D image, the model is "
                                             f"{first.spatial_dims}D")
-        preprocessor = Preprocessor.from_dict(first.preprocessing)
+        preprocessor = preprocessor or Preprocessor.from_dict(first.preprocessing)
         prepared = preprocessor(image, None, geometry)
         scores, are_probabilities = _predict_probabilities(models, torch.from_numpy(prepared.image), settings,
                                                            device)
-        scores = _revert_scores(scores.cpu().numpy(), preprocessor, prepared, first.label_mode,
-                                are_probabilities)
+        scores = _revert_scores(scores.cpu(), preprocessor, prepared, first.label_mode, are_probabilities)
+        probabilities = None
         if settings.save_probabilities:
-            probabilities = scores if are_probabilities else logits_to_probabilities(
-                torch.from_numpy(scores.copy()), first.label_mode, inplace=True).numpy()
-        else:
-            probabilities = None
+            probabilities = scores if are_probabilities else logits_to_probabilities(scores, first.label_mode)
         convert = probabilities_to_labels if are_probabilities else logits_to_labels
-        labels = convert(torch.from_numpy(scores), first.label_mode, settings.threshold).numpy()
+        labels = convert(scores, first.label_mode, settings.threshold)
         del scores
-        labels = labels[None] if labels.ndim == first.spatial_dims else labels
+        labels = (labels[None] if labels.ndim == first.spatial_dims else labels).numpy()
         processed = postprocess(labels[0] if labels.shape[0] == 1 else labels, first.label_mode,
                                 settings.postprocess, spacing=geometry.spacing)
         labels = processed[None] if processed.ndim == first.spatial_dims else processed
-        _write_outputs(outputs, image, labels, geometry.with_shape(tuple(image.shape[1:])), probabilities,
-                       written)
+        _write_outputs(outputs, image, labels, geometry,
+                       None if probabilities is None else probabilities.numpy(), written)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
@@ -448,10 +424,11 @@ def predict_paths(checkpoints: Sequence[str | Path], input: str | Path, output: 
         raise MedsegError("--instances-json: needs an instance checkpoint (e.g. Mask R-CNN); for a semantic "
                           "model's watershed instances the map itself is the output")
     written = []
+    preprocessor = Preprocessor.from_dict(models[0].preprocessing)
     bar = tqdm(cases, desc="predict", unit="case", disable=not progress or len(cases) < 2)
     for case in bar:
         outputs = _outputs_for(case, folder, models[0].spatial_dims, settings,
                                lossless_mask_path(output_path) if single_file else None)
-        written.append(predict_case(models, case, outputs, settings, torch_device))
+        written.append(predict_case(models, case, outputs, settings, torch_device, preprocessor))
     logger.info("predicted %d cases into %s", len(written), folder)
     return written

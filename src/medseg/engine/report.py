@@ -59,7 +59,8 @@ class Overlay:
         case_id: the case id.
         score: its Dice (mean over the classes), shown in the caption.
         caption: the text under the picture.
-        image: ``[H, W]`` grey or ``[H, W, 3]`` RGB, or ``None`` (the truth is shown as grey).
+        image: the uint8 picture of :func:`medseg.engine.display.display_image`, ``[H, W]`` grey or
+            ``[H, W, 3]`` RGB, or ``None`` (the truth is shown as grey).
         truth, prediction: ``[H, W]`` label maps (0 = background).
         aspect: the height / width of a pixel (the spacing ratio of the two axes).
     """
@@ -128,21 +129,6 @@ def box_plot_figure(rows: Sequence[Row], metrics: Sequence[str]) -> Figure:
     return figure
 
 
-def _display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
-    """An image scaled to [0, 1] for display (grey: 1st-99th percentile window) and its colour map."""
-    image = np.asarray(image, dtype=np.float64)
-    if image.ndim == 3 and image.max(initial=0) > 1:
-        image = image / (255.0 if image.max() <= 255 else image.max())
-        return np.clip(image, 0, 1), None
-    if image.ndim == 3:
-        return np.clip(image, 0, 1), None
-    low, high = np.percentile(image, (1, 99)) if image.size else (0.0, 1.0)
-    if high <= low:
-        low, high = float(image.min(initial=0)), float(image.max(initial=1))
-    scaled = (image - low) / (high - low) if high > low else np.zeros_like(image)
-    return np.clip(scaled, 0, 1), "gray"
-
-
 def view_box(truth: np.ndarray, prediction: np.ndarray, full: float = 0.7) -> tuple[slice, ...]:
     """The part of the picture to show: the box around truth and prediction, widened by half its size
     and 8 pixels on each side; the whole picture when that covers ``full`` of both axes or more, or
@@ -183,12 +169,11 @@ def overlay_figure(overlay: Overlay, size: float = 3.6) -> Figure:
     figure = Figure(figsize=(size, size))
     ax = figure.add_axes((0.015, 0.015, 0.97, 0.97))
     if overlay.image is not None:
-        shown, cmap = _display(overlay.image)
-        shown = shown[box]
+        shown, cmap, vmax = overlay.image[box], "gray" if overlay.image.ndim == 2 else None, 255
     else:
         top = max(int(overlay.truth.max(initial=0)), 1)
-        shown, cmap = 0.15 + 0.5 * truth / top, "gray"
-    ax.imshow(shown, cmap=cmap, vmin=0, vmax=1, aspect=overlay.aspect, interpolation="nearest")
+        shown, cmap, vmax = 0.15 + 0.5 * truth / top, "gray", 1
+    ax.imshow(shown, cmap=cmap, vmin=0, vmax=vmax, aspect=overlay.aspect, interpolation="nearest")
     _contours(ax, truth, TRUTH_COLOUR, "solid")
     _contours(ax, prediction, PREDICTION_COLOUR, [(0, (4, 2.5))])
     ax.set_xlim(-0.5, truth.shape[1] - 0.5)

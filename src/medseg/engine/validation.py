@@ -23,6 +23,7 @@ from torch import nn
 from medseg.data.instances import label_map_from_masks
 from medseg.engine.config import LOWER_IS_BETTER, RunConfig
 from medseg.engine.distributed import DistributedContext, all_reduce_sum
+from medseg.engine.inference import probabilities_to_labels
 from medseg.engine.plan import DataPlan
 from medseg.metrics import evaluate_case
 from medseg.metrics.instance import InstanceEvaluation
@@ -33,9 +34,9 @@ __all__ = ["BestMetric", "InstanceValidator", "Validator", "instance_label_map"]
 
 def _label_maps(logits: torch.Tensor, label_mode: str, threshold: float) -> list[np.ndarray]:
     """Per evaluated channel a label map: binary/multilabel one 0/1 map per channel, multiclass argmax."""
-    if label_mode == "multiclass":
-        return [logits.argmax(0).cpu().numpy()]
-    return [(torch.sigmoid(c) > threshold).cpu().numpy().astype(np.uint8) for c in logits]
+    scores = logits if label_mode == "multiclass" else torch.sigmoid(logits)  # validation thresholds p
+    labels = probabilities_to_labels(scores, label_mode, threshold).cpu().numpy()
+    return list(labels) if label_mode == "multilabel" else [labels]
 
 
 class Validator:

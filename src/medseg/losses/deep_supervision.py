@@ -13,10 +13,10 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medseg.errors import MedsegError
+from medseg.layers import resize_labels, resize_to
 from medseg.losses.base import check_choice
 from medseg.losses.registry import accepts_option, create_loss, register_loss
 from medseg.outputs import SegOutput
@@ -29,19 +29,6 @@ def deep_supervision_weights(levels: int) -> list[float]:
     raw = [0.5 ** i for i in range(levels)]
     total = sum(raw)
     return [w / total for w in raw]
-
-
-def resize_nearest(tensor: Tensor, size: Sequence[int], has_channels: bool) -> Tensor:
-    """Nearest-neighbour (``nearest-exact``) resize of a label map or mask to ``size``, keeping its dtype
-    and its form (``[B, *spatial]`` when ``has_channels`` is False)."""
-    x = tensor if has_channels else tensor.unsqueeze(1)
-    resized = F.interpolate(x.float(), size=list(size), mode="nearest-exact").to(tensor.dtype)
-    return resized if has_channels else resized[:, 0]
-
-
-def _upsample(logits: Tensor, size: Sequence[int]) -> Tensor:
-    mode = "bilinear" if logits.dim() == 4 else "trilinear"
-    return F.interpolate(logits, size=list(size), mode=mode, align_corners=False)
 
 
 def _takes_extras(loss: nn.Module) -> bool:
@@ -93,11 +80,11 @@ class DeepSupervisionLoss(nn.Module):
         if size == target_size:
             return self._call(logits, target, extras)
         if self.resize == "output":
-            return self._call(_upsample(logits, target_size), target, extras)
-        resized = {key: resize_nearest(value, size, True)
+            return self._call(resize_to(logits, list(target_size)), target, extras)
+        resized = {key: resize_labels(value, list(size))
                    if isinstance(value, Tensor) and value.dim() == logits.dim() and tuple(value.shape[2:]) ==
                    target_size else value for key, value in extras.items()}
-        return self._call(logits, resize_nearest(target, size, has_channels), resized)
+        return self._call(logits, resize_labels(target, list(size), has_channels), resized)
 
     def forward(self, output: Tensor | SegOutput, target: Tensor, **extras: Any) -> Tensor:
         if not isinstance(output, SegOutput):
