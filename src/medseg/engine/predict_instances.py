@@ -29,10 +29,10 @@ import torch
 from scipy import ndimage
 from tqdm import tqdm
 
-from medseg.data.cache import read_case
+from medseg.data.cases import read_case
 from medseg.data.datasets import Case
 from medseg.data.geometry import DataError
-from medseg.data.io import image_extension, lossless_mask_path, read_image, write_mask
+from medseg.data.io import image_extension, lossless_mask_path, write_mask
 from medseg.data.preprocess import Preprocessor
 from medseg.engine.validation import instance_label_map
 from medseg.engine.watershed import instance_dtype
@@ -74,7 +74,7 @@ def predict_instance_case(model: torch.nn.Module, case: Case, preprocessing: dic
     """Predict one case with an instance model and write its label map (and sidecar / overlay)."""
     written: list[Path] = []
     try:
-        image, _, geometry = read_case(case, read_image)
+        image, _, geometry = read_case(case, with_label=False)
         if image.shape[0] != in_channels:
             raise DataError(case.images[0], f"{image.shape[0]} channels, the model takes {in_channels}")
         if geometry.spatial_dims != 2:
