@@ -307,18 +307,19 @@ def test_cli_bad_input_is_one_line_with_exit_code_2(tmp_path: Path, capsys: pyte
 
 
 def count_truth_reads(monkeypatch: pytest.MonkeyPatch, truth_folder: Path) -> dict[str, int]:
-    """Count the reads of each ground-truth file by ``medseg.engine.evaluate`` (in this process)."""
-    from medseg.engine import evaluate
+    """Count the reads of each ground-truth file by ``medseg evaluate`` (in this process; the pairs are
+    read in :mod:`medseg.engine.pairing`)."""
+    from medseg.engine import pairing
 
     counts: dict[str, int] = {}
-    original = evaluate.read_mask
+    original = pairing.read_mask
 
     def counting(path: Path):
         if Path(path).parent == truth_folder:
             counts[Path(path).name] = counts.get(Path(path).name, 0) + 1
         return original(path)
 
-    monkeypatch.setattr(evaluate, "read_mask", counting)
+    monkeypatch.setattr(pairing, "read_mask", counting)
     return counts
 
 
