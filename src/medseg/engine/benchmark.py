@@ -37,15 +37,45 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from medseg.engine.benchmark_targets import (  # re-exported: benchmark named them before the split
+    PEERS,
+    POINTREND_SUFFIX,
+    BenchmarkTarget,
+    check_dims,
+    check_size,
+    resolve_target,
+)
 from medseg.engine.device import resolve_device
 from medseg.errors import InputSizeError, MedsegError
-from medseg.models.base import SegmentationModel, nearest_multiples
-from medseg.models.pointrend import wrap_pointrend
-from medseg.models.registry import alias_defaults, count_parameters, create_model, get_entry
+from medseg.models.base import SegmentationModel
+from medseg.models.registry import count_parameters
 from medseg.outputs import SegOutput
 
 MIB = 2**20
 
+
+__all__ = [
+    "BenchmarkJob",
+    "BenchmarkResult",
+    "BenchmarkTarget",
+    "MIB",
+    "PEERS",
+    "POINTREND_SUFFIX",
+    "TABLE_COLUMNS",
+    "_EXTRA_FLOP_FORMULAS",
+    "benchmark_model",
+    "benchmark_models",
+    "check_dims",
+    "check_size",
+    "count_macs",
+    "format_table",
+    "machine_description",
+    "machine_slug",
+    "markdown_table",
+    "measure_peak_memory",
+    "resolve_target",
+    "write_benchmark_report",
+]
 
 @dataclass(frozen=True)
 class BenchmarkResult:
@@ -75,106 +105,6 @@ class BenchmarkResult:
         return self.input_shape[2:]
 
 
-# ----------------------------------------------------------------------------------------------------
-# What can be benchmarked: registry models and peers from other libraries
-# ----------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class BenchmarkTarget:
-    """A model that can be built by name: its supported dims, its input multiple and its builder.
-
-    ``build(in_channels=..., num_classes=..., spatial_dims=..., **options)`` returns the module.
-    """
-
-    name: str
-    dims: tuple[int, ...]
-    input_multiple: int
-    build: Callable[..., nn.Module]
-
-
-def _monai_networks() -> Any:
-    try:
-        from monai.networks import nets
-    except ImportError as exc:
-        raise MedsegError("peer models 'monai:...' need MONAI installed (pip install monai)") from exc
-    return nets
-
-
-def _monai_basicunet(in_channels: int, num_classes: int, spatial_dims: int, **options: Any) -> nn.Module:
-    return _monai_networks().BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels,
-                                       out_channels=num_classes, **options)
-
-
-def _monai_unet(in_channels: int, num_classes: int, spatial_dims: int, **options: Any) -> nn.Module:
-    settings = {"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 2, **options}
-    return _monai_networks().UNet(spatial_dims=spatial_dims, in_channels=in_channels,
-                                  out_channels=num_classes, **settings)
-
-
-def _monai_vnet(in_channels: int, num_classes: int, spatial_dims: int, **options: Any) -> nn.Module:
-    return _monai_networks().VNet(spatial_dims=spatial_dims, in_channels=in_channels,
-                                  out_channels=num_classes, **options)
-
-
-PEERS: dict[str, BenchmarkTarget] = {
-    "monai:basicunet": BenchmarkTarget("monai:basicunet", (2, 3), 16, _monai_basicunet),
-    "monai:unet": BenchmarkTarget("monai:unet", (2, 3), 16, _monai_unet),
-    "monai:vnet": BenchmarkTarget("monai:vnet", (2, 3), 16, _monai_vnet),
-}
-
-
-#: ``MODEL+pointrend`` benchmarks the model wrapped by :func:`~medseg.models.pointrend.wrap_pointrend`.
-POINTREND_SUFFIX = "pointrend"
-
-
-def resolve_target(name: str) -> BenchmarkTarget:
-    """A registry model (or alias), the same with ``+pointrend`` (wrapped with the PointRend head at its
-    default options), or a peer such as ``monai:basicunet``; unknown names raise.
-
-    An alias that implies the dims (``unet3d``) restricts the target to those dims.
-    """
-    key = name.lower()
-    if ":" in key:
-        if key not in PEERS:
-            raise MedsegError(f"unknown peer model {name!r}; known peers: {', '.join(PEERS)}")
-        return PEERS[key]
-    key, plus, extra = key.partition("+")
-    if plus and extra != POINTREND_SUFFIX:
-        raise MedsegError(f"model {name!r}: the only suffix is '+{POINTREND_SUFFIX}' (the PointRend wrap)")
-    entry = get_entry(key)
-    implied = alias_defaults(key).get("spatial_dims")
-    dims = (implied,) if implied in entry.dims else entry.dims
-
-    def build(**kwargs: Any) -> nn.Module:
-        model = create_model(key, **kwargs)
-        if plus:  # eval mode: adaptive subdivision up to the input size
-            model = wrap_pointrend(model, {}, num_classes=kwargs.get("num_classes"))
-        return model
-
-    label = f"{entry.name}+{POINTREND_SUFFIX}" if plus else entry.name
-    return BenchmarkTarget(label, tuple(dims), entry.input_multiple, build)
-
-
-def check_size(target: BenchmarkTarget, size: int) -> None:
-    """Raise :class:`InputSizeError` naming the sizes that work when ``size`` is not a valid extent."""
-    m = target.input_multiple
-    if size >= m and size % m == 0:
-        return
-    lower, upper = nearest_multiples(size, m)
-    nearest = f"{lower}" if lower == upper else f"{lower} or {upper}"
-    raise InputSizeError(f"model {target.name!r} cannot take size {size}: sizes must be multiples of {m} "
-                         f"(nearest: {nearest})")
-
-
-def check_dims(target: BenchmarkTarget, spatial_dims: int) -> None:
-    """Raise :class:`MedsegError` when ``target`` does not support ``spatial_dims``."""
-    if spatial_dims not in target.dims:
-        supported = " or ".join(str(d) for d in target.dims)
-        raise MedsegError(f"model {target.name!r} supports spatial_dims {supported}, not {spatial_dims}")
-
-
-# ----------------------------------------------------------------------------------------------------
-# The measurements
 # ----------------------------------------------------------------------------------------------------
 
 def _cpu_attention_flops(query_shape: Sequence[int], key_shape: Sequence[int], value_shape: Sequence[int],
