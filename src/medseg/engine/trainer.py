@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from medseg.engine.adversarial import build_adversary
 from medseg.engine.checkpoint import (
     epoch_checkpoint_path,
     load_checkpoint,
@@ -150,6 +151,8 @@ class Trainer:
         self.amp_dtype = _amp_dtype(train.amp, device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.validator = Validator(config, plan, device, ctx)
+        self.adversary = build_adversary(config, spatial_dims=plan.spatial_dims, in_channels=plan.in_channels,
+                                         num_classes=plan.num_classes, device=device, ctx=ctx)
         self.best = BestMetric.of(config)
         self.epoch = self.global_step = self.batches_done = 0
         self.history: list[dict[str, Any]] = []
@@ -172,6 +175,8 @@ class Trainer:
         self.best.score, self.best.stale = state.best_score, state.epochs_without_improvement
         self.batches_done = int(state.extra.get("batches_done", 0))
         self.history = [dict(row) for row in state.extra.get("history", [])]
+        if self.adversary is not None:
+            self.adversary.load_state_dict(state.extra.get("adversarial"), self.paths.last)
         logger.info("resuming %s after epoch %d (step %d)", self.paths.root, self.epoch, self.global_step)
 
     def checkpoint(self, with_training: bool) -> dict[str, Any]:
@@ -184,6 +189,8 @@ class Trainer:
             if self.ema is not None:
                 extra["model_state"] = {k: v.detach().cpu().clone()
                                         for k, v in self.model.state_dict().items()}
+            if self.adversary is not None:
+                extra["adversarial"] = self.adversary.state_dict()
             training = training_state(
                 epoch=self.epoch, global_step=self.global_step, optimizer=self.optimizer,
                 scheduler=self.scheduler, scaler=self.scaler, best_score=self.best.score,
@@ -256,11 +263,14 @@ class Trainer:
             sync = nullcontext() if step_now or not self.ctx.enabled else self.net.no_sync()
             with sync:
                 with self._autocast():
-                    loss = self.loss_fn(self.net(image), _targets(label, config.data.label_mode))
-                if not torch.isfinite(loss):
-                    raise MedsegError(f"training loss is {loss.item()} at epoch {self.epoch + 1}, batch "
+                    output = self.net(image)
+                    loss = self.loss_fn(output, _targets(label, config.data.label_mode))
+                objective = loss if self.adversary is None else \
+                    self.adversary.objective(self.epoch, image, output, label, loss)
+                if not torch.isfinite(objective):
+                    raise MedsegError(f"training loss is {objective.item()} at epoch {self.epoch + 1}, batch "
                                       f"{index + 1} (lower optim.lr, or check the data)")
-                scaled = loss / accumulation
+                scaled = objective / accumulation
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             if step_now:
                 self._optimizer_step()
@@ -274,7 +284,8 @@ class Trainer:
         elapsed = time.perf_counter() - start
         mean = all_reduce_sum(torch.tensor([total, float(n_batches)], dtype=torch.float64,
                                            device=self.device), self.ctx).cpu()
-        return {"train_loss": (mean[0] / mean[1]).item(), "samples_per_s":
+        adversarial = self.adversary.epoch_log() if self.adversary is not None else {}
+        return {"train_loss": (mean[0] / mean[1]).item(), **adversarial, "samples_per_s":
                 samples * self.ctx.world_size / max(elapsed, 1e-9)}
 
     def end_epoch(self, row: dict[str, Any]) -> bool:
