@@ -26,6 +26,7 @@ import yaml
 
 from medseg.config_types import ConfigError, bounded, config_to_dict, dataclass_from_dict, with_overrides
 from medseg.data.augment import AugmentationConfig
+from medseg.engine.adversarial import AdversarialConfig
 from medseg.engine.config_data import DataConfig, SyntheticDataConfig
 from medseg.engine.schedules import ScheduleConfig, lr_factor_function, register_schedule, schedule_names
 from medseg.errors import MedsegError
@@ -204,7 +205,8 @@ class TrainConfig:
     size (U-Net v2 ``[0.75, 1, 1.25]``); rounded to a multiple of the model's input multiple; images
     resized bi/trilinearly, labels by nearest neighbour. ``save_every``: besides ``last.pt`` and ``best.pt``
     keep a checkpoint every that many epochs (``epoch_0010.pt``: the content of ``last.pt`` then, training
-    state included, so it can be copied to ``last.pt`` to resume from there)."""
+    state included, so it can be copied to ``last.pt`` to resume from there). ``adversarial``: train
+    against a discriminator (Luc et al. 2016; :class:`medseg.engine.adversarial.AdversarialConfig`)."""
 
     epochs: int = bounded(100, ge=1)
     iterations: int | None = bounded(None, ge=1)
@@ -224,8 +226,14 @@ class TrainConfig:
     ema_decay: float | None = bounded(None, gt=0, lt=1)
     multi_scale: list[int] | list[float] | None = bounded(None, gt=0)  # ints first: YAML ints stay ints
     save_every: int | None = bounded(None, ge=1)
+    adversarial: AdversarialConfig | None = None
 
     def check(self, key: str) -> None:
+        if self.adversarial is not None and self.iterations is None and \
+                self.adversarial.start_epoch >= self.epochs:
+            raise ConfigError(f"{key}.adversarial.start_epoch: {self.adversarial.start_epoch} is not before "
+                              f"the end of the run ({key}.epochs {self.epochs}), so the term would never "
+                              "apply")
         if self.multi_scale is not None:
             if not self.multi_scale:
                 raise ConfigError(f"{key}.multi_scale: the list is empty (null switches multi-scale off)")

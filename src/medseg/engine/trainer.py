@@ -40,6 +40,7 @@ from torch import nn
 from tqdm import tqdm
 
 from medseg.data.instances import instance_targets_from_batch
+from medseg.engine.adversarial import build_adversary
 from medseg.engine.checkpoint import (
     epoch_checkpoint_path,
     load_checkpoint,
@@ -153,6 +154,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.instance = is_instance_model(config.model.name)
         self.validator = (InstanceValidator if self.instance else Validator)(config, plan, device, ctx)
+        self.adversary = build_adversary(config, spatial_dims=plan.spatial_dims, in_channels=plan.in_channels,
+                                         num_classes=plan.num_classes, device=device, ctx=ctx)
+        if self.instance and self.adversary is not None:
+            raise MedsegError("train.adversarial: the adversarial mode trains semantic models, not "
+                              f"{config.model.name!r}")
         self.best = BestMetric.of(config)
         self.epoch = self.global_step = self.batches_done = 0
         self.history: list[dict[str, Any]] = []
@@ -175,6 +181,8 @@ class Trainer:
         self.best.score, self.best.stale = state.best_score, state.epochs_without_improvement
         self.batches_done = int(state.extra.get("batches_done", 0))
         self.history = [dict(row) for row in state.extra.get("history", [])]
+        if self.adversary is not None:
+            self.adversary.load_state_dict(state.extra.get("adversarial"), self.paths.last)
         logger.info("resuming %s after epoch %d (step %d)", self.paths.root, self.epoch, self.global_step)
 
     def checkpoint(self, with_training: bool) -> dict[str, Any]:
@@ -187,6 +195,8 @@ class Trainer:
             if self.ema is not None:
                 extra["model_state"] = {k: v.detach().cpu().clone()
                                         for k, v in self.model.state_dict().items()}
+            if self.adversary is not None:
+                extra["adversarial"] = self.adversary.state_dict()
             training = training_state(
                 epoch=self.epoch, global_step=self.global_step, optimizer=self.optimizer,
                 scheduler=self.scheduler, scaler=self.scaler, best_score=self.best.score,
@@ -229,16 +239,19 @@ class Trainer:
         self.scheduler.step()
         self.global_step += 1
 
-    def batch_loss(self, image: torch.Tensor, label: torch.Tensor, parts: dict[str, float]) -> torch.Tensor:
-        """The training loss of a batch: the loss function on the logits, or for an instance model (Mask
-        R-CNN) the sum of the loss dict of ``net(images, targets)``, whose parts are added to ``parts``."""
+    def batch_loss(self, image: torch.Tensor, label: torch.Tensor, parts: dict[str, float]
+                   ) -> tuple[torch.Tensor, Any]:
+        """The training loss of a batch and the network's output: the loss function on the logits, or for an
+        instance model (Mask R-CNN) the sum of the loss dict of ``net(images, targets)``, whose parts are
+        added to ``parts`` (its output is then that dict)."""
         if not self.instance:
-            return self.loss_fn(self.net(image), _targets(label, self.config.data.label_mode))
+            output = self.net(image)
+            return self.loss_fn(output, _targets(label, self.config.data.label_mode)), output
         targets = instance_targets_from_batch(label, self.config.data.min_instance_pixels)
         losses = self.net(list(image.unbind(0)), targets)
         for name, value in losses.items():
             parts[name] = parts.get(name, 0.0) + float(value.detach())
-        return torch.stack([v.float() for v in losses.values()]).sum()
+        return torch.stack([v.float() for v in losses.values()]).sum(), losses
 
     def train_epoch(self) -> dict[str, float]:
         """One epoch of batches; returns the mean loss (over ranks), the mean of each part of an instance
@@ -272,11 +285,13 @@ class Trainer:
             sync = nullcontext() if step_now or not self.ctx.enabled else self.net.no_sync()
             with sync:
                 with self._autocast():
-                    loss = self.batch_loss(image, label, parts)
-                if not torch.isfinite(loss):
-                    raise MedsegError(f"training loss is {loss.item()} at epoch {self.epoch + 1}, batch "
+                    loss, output = self.batch_loss(image, label, parts)
+                objective = loss if self.adversary is None else \
+                    self.adversary.objective(self.epoch, image, output, label, loss)
+                if not torch.isfinite(objective):
+                    raise MedsegError(f"training loss is {objective.item()} at epoch {self.epoch + 1}, batch "
                                       f"{index + 1} (lower optim.lr, or check the data)")
-                scaled = loss / accumulation
+                scaled = objective / accumulation
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             if step_now:
                 self._optimizer_step()
@@ -293,6 +308,8 @@ class Trainer:
                                            dtype=torch.float64, device=self.device), self.ctx).cpu()
         row = {"train_loss": (mean[0] / mean[-1]).item()}
         row.update({name: (mean[1 + i] / mean[-1]).item() for i, name in enumerate(names)})
+        if self.adversary is not None:
+            row.update(self.adversary.epoch_log())
         return {**row, "samples_per_s": samples * self.ctx.world_size / max(elapsed, 1e-9)}
 
     def end_epoch(self, row: dict[str, Any]) -> bool:
