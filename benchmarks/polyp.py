@@ -27,6 +27,11 @@ VARIANTS = {
     "hrnet_w18s": Variant("hrnet_v2", {"config": "w18_small_v2"}),
     "hrnet_w18s_pointrend": Variant("hrnet_v2", {"config": "w18_small_v2"}, pointrend={}),
     "unet_pointrend": Variant("unet", UNET_OPTIONS, pointrend={}),
+    # the classic-zoo issue's rows: the adversarial mode (Luc et al. 2016) on from the second epoch
+    "unet_adversarial": Variant("unet", UNET_OPTIONS, adversarial={
+        "weight": 0.1, "start_epoch": 1, "discriminator": {"options": {"features": 16}}}),
+    "deeplabv3plus_r50": Variant("deeplabv3plus", {"encoder": "resnet50", "output_stride": 16}),
+    "pspnet_r50": Variant("pspnet", {"encoder": "resnet50s"}),
 }
 COLUMNS = (Column("Dice", "dice"), Column("IoU", "iou"), Column("MAE", "mae"),
            Column("S_alpha", "s_measure"), Column("E_phi (mean)", "e_measure_mean"),

@@ -135,11 +135,14 @@ class Task:
 @dataclass(frozen=True)
 class Variant:
     """A benchmark row that is a registered model with fixed options and, optionally, the PointRend wrap
-    (``model.pointrend``): e.g. ``hrnet_w18s_pointrend`` = ``hrnet_v2`` W18-Small-v2 + PointRend."""
+    (``model.pointrend``) or the adversarial training mode: e.g. ``hrnet_w18s_pointrend`` = ``hrnet_v2``
+    W18-Small-v2 + PointRend."""
 
     model: str
     options: dict[str, Any] = field(default_factory=dict)
     pointrend: dict[str, Any] | None = None
+    adversarial: dict[str, Any] | None = None
+    """``train.adversarial`` (the adversarial training mode), or None."""
 
 
 @dataclass
@@ -241,6 +244,8 @@ def build_config(task: Task, model: str, budget: Budget, run_dir: Path, splits_f
                      "encoder_weights": budget.encoder_weights}
     if variant is not None and variant.pointrend is not None:
         data["model"]["pointrend"] = dict(variant.pointrend)
+    if variant is not None and variant.adversarial is not None:
+        data.setdefault("train", {})["adversarial"] = dict(variant.adversarial)
     data["loss"] = {} if budget.loss == "default" else {"name": budget.loss}
     data.setdefault("train", {}).update(epochs=budget.epochs, max_minutes=budget.minutes_per_model,
                                         iterations_per_epoch=budget.iterations_per_epoch,
