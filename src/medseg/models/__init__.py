@@ -1,6 +1,7 @@
 """The model zoo: importing this package registers every model in :mod:`medseg.models.registry`."""
 
 from medseg.models.attention_unet import AttentionUNet
+from medseg.models.bpr import BoundaryPatchRefiner
 from medseg.models.conresnet import ConResNet
 from medseg.models.hrnet import HRNet
 from medseg.models.m2snet import M2SNet, MSNet
@@ -22,8 +23,8 @@ from medseg.models.unext import UNeXt
 from medseg.models.vnet import VNet
 
 __all__ = [
-    "AttentionUNet", "ConResNet", "EncoderUNet", "HRNet", "M2SNet", "MSNet", "MaskRCNN", "R2UNet", "UNeXt",
-    "UNet",
+    "AttentionUNet", "BoundaryPatchRefiner", "ConResNet", "EncoderUNet", "HRNet", "M2SNet", "MSNet",
+    "MaskRCNN", "R2UNet", "UNeXt", "UNet",
     "UNetDecoder", "UNetEncoder", "UNetPlusPlus", "UNetV2", "VNet",
     "Reference", "count_parameters", "create_model", "list_models", "model_info", "register_model",
     "unregister_model",
