@@ -74,7 +74,7 @@ def _short_paper(paper: str, width: int = 48) -> str:
 
 def default_parameter_count(name: str) -> int:
     """Trainable parameters at the default settings: 1 input channel, 1 class (instance models: 1 object
-    class and the background), 2D if supported else 3D.
+    class and the background; BPR: an image channel and the mask), 2D if supported else 3D.
 
     The model is built on the ``meta`` device (no memory, no initialisation) when its constructor
     allows it, else on the CPU.
@@ -82,13 +82,14 @@ def default_parameter_count(name: str) -> int:
     info = model_info(name)
     dims = 2 if 2 in info["dims"] else 3
     classes = 2 if info["task"] == "instance" else 1  # a detector's classes count the background
+    channels = 2 if info["name"] == "bpr" else 1  # BPR's input: an image channel and the coarse mask
     try:
         with torch.device("meta"):
-            model = create_model(name, in_channels=1, num_classes=classes, spatial_dims=dims)
+            model = create_model(name, in_channels=channels, num_classes=classes, spatial_dims=dims)
     except MedsegError:
         raise
     except Exception:  # a constructor that computes with tensors (e.g. .item()) cannot run on meta
-        model = create_model(name, in_channels=1, num_classes=classes, spatial_dims=dims)
+        model = create_model(name, in_channels=channels, num_classes=classes, spatial_dims=dims)
     return count_parameters(model)
 
 
@@ -106,7 +107,7 @@ def run_models(args: argparse.Namespace) -> int:
     headers = ["name", "aliases", "dims", "parameters", "default loss", "input multiple", "paper"]
     print(markdown_table(headers, rows, [False, False, False, True, False, True, False]))
     print(f"\n{len(rows)} models; parameters at in_channels=1, num_classes=1 (instance models: 2, the "
-          "background included), 2D where supported.")
+          "background included; bpr: in_channels 2, an image channel and the mask), 2D where supported.")
     return 0
 
 
