@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from medseg.errors import MedsegError
 from medseg.ops.boxes import box_iou
@@ -153,17 +154,37 @@ def test_label_conflicts_go_to_the_most_confident_label() -> None:
     labels[5:20, 5:35] = 1
     labels[20:35, 5:35] = 2
 
-    confidences = iter([0.9, 0.7])  # labels are refined in ascending order, one refiner call each
+    confidences = iter([0.9, 0.7])  # labels in ascending order, one refiner call each (patches_per_call=1)
 
     def refiner(starts: np.ndarray, shape: tuple[int, ...], masks: np.ndarray) -> np.ndarray:
         # the label claims every pixel of its patches with its confidence
         return np.full((len(starts), *shape), next(confidences), np.float32)
 
-    out = refine_label_map(labels, refiner, 8)
+    out = refine_label_map(labels, refiner, 8, patches_per_call=1)
     # the boundary between the labels is covered by both: label 1 (0.9) wins there over label 2 (0.7)
     assert np.all(out[19:21, 10:30] == 1)
     assert set(np.unique(out)) <= {0, 1, 2}
     assert np.all(out[27, 10:30] == 2)  # label 2's interior keeps it (label 1's patches do not reach)
+
+
+def test_batching_labels_does_not_change_the_result() -> None:
+    rng = np.random.default_rng(1)
+    labels = np.zeros((64, 64), np.int32)
+    for value in range(1, 12):
+        y, x = rng.integers(0, 54, 2)
+        labels[y:y + rng.integers(4, 12), x:x + rng.integers(4, 12)] = value
+    calls = []
+
+    def smooth(starts: np.ndarray, shape: tuple[int, ...], masks: np.ndarray) -> np.ndarray:
+        calls.append(len(starts))  # a refiner that changes the masks: a blur of each patch
+        return np.stack([ndimage.uniform_filter(m.astype(np.float32), 5) for m in masks])
+
+    one_by_one = refine_label_map(labels, smooth, 16, patches_per_call=1)
+    single_calls = len(calls)
+    calls.clear()
+    together = refine_label_map(labels, smooth, 16)
+    assert len(calls) == 1 and single_calls == len(np.unique(labels)) - 1
+    assert np.array_equal(one_by_one, together) and not np.array_equal(together, labels)
 
 
 def test_crop_patches_reads_the_windows() -> None:

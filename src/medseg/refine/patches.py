@@ -143,11 +143,7 @@ def _refined_probabilities(mask: np.ndarray, refine_fn: PatchRefineFn, patch_siz
     if len(starts) == 0:
         return None
     shape = patch_shape(mask.shape, patch_size)
-    probabilities = np.asarray(refine_fn(starts, shape, crop_patches(mask[None], starts, shape)[:, 0]),
-                               dtype=np.float32)
-    if probabilities.shape != (len(starts), *shape):
-        raise MedsegError(f"the refiner returned shape {probabilities.shape} for {len(starts)} patches of "
-                          f"{shape}")
+    probabilities = _run_refiner(refine_fn, starts, shape, crop_patches(mask[None], starts, shape)[:, 0])
     return mean_patch_probabilities(probabilities, starts, mask.shape)
 
 
@@ -165,34 +161,72 @@ def refine_mask(mask: np.ndarray, refine_fn: PatchRefineFn,
     return refined
 
 
+def _run_refiner(refine_fn: PatchRefineFn, starts: np.ndarray, shape: tuple[int, ...], masks: np.ndarray
+                 ) -> np.ndarray:
+    probabilities = np.asarray(refine_fn(starts, shape, masks), dtype=np.float32)
+    if probabilities.shape != (len(starts), *shape):
+        raise MedsegError(f"the refiner returned shape {probabilities.shape} for {len(starts)} patches of "
+                          f"{shape}")
+    return probabilities
+
+
+def _write_label(out: np.ndarray, best: np.ndarray, binary: np.ndarray,
+                 result: tuple[tuple[slice, ...], np.ndarray, np.ndarray] | None, value: int) -> None:
+    """Write one refined label into ``out`` by the conflict rule (``best``: the winning probabilities)."""
+    region = _nonzero_window(binary, 0)
+    if result is not None:  # the label's bounding box joined with its patches' window
+        region = tuple(slice(min(a.start, b.start), max(a.stop, b.stop))
+                       for a, b in zip(region, result[0], strict=True))
+    probability = binary[region].astype(np.float32)
+    if result is not None:
+        window, mean, covered = result
+        inner = tuple(slice(w.start - r.start, w.stop - r.start) for w, r in zip(window, region, strict=True))
+        probability[inner][covered] = mean[covered]
+    best_here, out_here, own = best[region], out[region], binary[region]
+    take = (probability > best_here) | ((probability == best_here) & (probability > 0.5) & own)
+    out_here[take] = value
+    best_here[take] = probability[take]
+
+
 def refine_label_map(labels: np.ndarray, refine_fn: PatchRefineFn,
                      patch_size: int | Sequence[int] = DEFAULT_PATCH_SIZE,
-                     iou_threshold: float = INFERENCE_IOU) -> np.ndarray:
+                     iou_threshold: float = INFERENCE_IOU, patches_per_call: int = 512) -> np.ndarray:
     """Refine every non-zero label of a semantic or instance label map in turn (each as a binary mask in
     its own patches) and write them back without overlaps by the rule of the module docstring.
 
+    The patches of consecutive labels are given to ``refine_fn`` together, about ``patches_per_call`` at
+    a time (many small instances make few network batches); labels are still written in ascending order.
     Returns a label map of the input's shape and dtype.
     """
     labels = np.asarray(labels)
     _check_mask(labels)
+    shape = patch_shape(labels.shape, patch_size)
     out = np.zeros_like(labels)
     best = np.full(labels.shape, 0.5, np.float32)
+    pending: list[tuple[int, np.ndarray, np.ndarray]] = []  # (label, starts, mask patches)
+
+    def flush() -> None:
+        with_patches = [p for p in pending if len(p[1])]
+        probabilities = _run_refiner(refine_fn, np.concatenate([p[1] for p in with_patches]), shape,
+                                     np.concatenate([p[2] for p in with_patches])) if with_patches else None
+        offset = 0
+        for value, starts, _ in pending:
+            result = None
+            if len(starts):
+                result = mean_patch_probabilities(probabilities[offset:offset + len(starts)], starts,
+                                                  labels.shape)
+                offset += len(starts)
+            _write_label(out, best, labels == value, result, value)
+        pending.clear()
+
+    total = 0
     for value in np.unique(labels[labels != 0]).tolist():
         binary = labels == value
-        result = _refined_probabilities(binary, refine_fn, patch_size, iou_threshold)
-        region = _nonzero_window(binary, 0)
-        if result is not None:  # the label's bounding box joined with its patches' window
-            window = result[0]
-            region = tuple(slice(min(a.start, b.start), max(a.stop, b.stop))
-                           for a, b in zip(region, window, strict=True))
-        probability = binary[region].astype(np.float32)
-        if result is not None:
-            window, mean, covered = result
-            inner = tuple(slice(w.start - r.start, w.stop - r.start)
-                          for w, r in zip(window, region, strict=True))
-            probability[inner][covered] = mean[covered]
-        best_here, out_here, own = best[region], out[region], binary[region]
-        take = (probability > best_here) | ((probability == best_here) & (probability > 0.5) & own)
-        out_here[take] = value
-        best_here[take] = probability[take]
+        starts = boundary_patches(binary, patch_size, iou_threshold)
+        pending.append((value, starts, crop_patches(binary[None], starts, shape)[:, 0]))
+        total += len(starts)
+        if total >= patches_per_call:
+            flush()
+            total = 0
+    flush()
     return out
