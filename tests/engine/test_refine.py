@@ -139,3 +139,23 @@ def test_prepare_train_refine_end_to_end(polyps: tuple[Path, Path], tmp_path: Pa
         refined, _ = read_mask(path)
         original, _ = read_mask(coarse / path.name)
         assert refined.shape == original.shape and set(np.unique(refined)) <= {0, 1}
+
+
+def test_prepare_writes_cubic_patches_in_3d(tmp_path: Path) -> None:
+    from medseg.data.io import write_image
+
+    data = tmp_path / "vols"
+    truth = np.zeros((20, 24, 22), np.uint8)
+    truth[4:16, 5:19, 6:17] = 1
+    image = np.random.default_rng(0).normal(100, 20, (1, 20, 24, 22)).astype(np.float32)
+    write_image(data / "images" / "v.nii.gz", image)
+    write_mask(data / "masks" / "v.nii.gz", truth[None])
+    coarse = ndimage.binary_erosion(truth, iterations=1).astype(np.uint8)
+    write_mask(tmp_path / "coarse" / "v.nii.gz", coarse[None])
+    summary = prepare_patches(tmp_path / "coarse", data, tmp_path / "patches", patch_size=8, progress=False)
+    assert summary.patches > 0
+    case = load_dataset(tmp_path / "patches").cases[0]
+    patch, _ = read_image(case.images[0])
+    assert patch.shape == (2, 8, 8, 8) and patch.dtype == np.float32 and case.label.suffix == ".mha"
+    assert 0 <= patch[0].min() and patch[0].max() <= 255 and set(np.unique(patch[1])) <= {0, 255}
+    assert read_mask(case.label)[0].shape == (1, 8, 8, 8)
