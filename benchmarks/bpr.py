@@ -244,7 +244,7 @@ def main() -> int:
     parser.add_argument("--nuclei-factor", type=int, default=6)
     parser.add_argument("--nuclei-patch-size", type=int, default=32)
     parser.add_argument("--results", type=Path, default=None, help="the Markdown file (default: "
-                        "benchmarks/results/bpr-cpu-<machine>.md)")
+                        "benchmarks/results/bpr-<device>-<machine>.md)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started, load_before = time.time(), os.getloadavg()
@@ -262,7 +262,8 @@ def main() -> int:
              "(2 cores shared with other agents' jobs)", ""]
     for task, table, notes in sections:
         lines += [f"## {task}", "", *[f"- {n}" for n in notes], "", *table, ""]
-    results = args.results or ROOT / "benchmarks" / "results" / f"bpr-{machine_slug(args.device)}.md"
+    name = f"bpr-{torch.device(args.device).type}-{machine_slug(args.device)}.md"
+    results = args.results or ROOT / "benchmarks" / "results" / name
     write_text_atomically(results, "\n".join(lines))
     print("\n".join(lines))
     return 0
