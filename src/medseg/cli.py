@@ -74,7 +74,7 @@ def _short_paper(paper: str, width: int = 48) -> str:
 
 def default_parameter_count(name: str) -> int:
     """Trainable parameters at the default settings: 1 input channel, 1 class (instance models: 1 object
-    class and the background), 2D if supported else 3D.
+    class and the background; BPR: an image channel and the mask), 2D if supported else 3D.
 
     The model is built on the ``meta`` device (no memory, no initialisation) when its constructor
     allows it, else on the CPU.
@@ -82,13 +82,14 @@ def default_parameter_count(name: str) -> int:
     info = model_info(name)
     dims = 2 if 2 in info["dims"] else 3
     classes = 2 if info["task"] == "instance" else 1  # a detector's classes count the background
+    channels = 2 if info["name"] == "bpr" else 1  # BPR's input: an image channel and the coarse mask
     try:
         with torch.device("meta"):
-            model = create_model(name, in_channels=1, num_classes=classes, spatial_dims=dims)
+            model = create_model(name, in_channels=channels, num_classes=classes, spatial_dims=dims)
     except MedsegError:
         raise
     except Exception:  # a constructor that computes with tensors (e.g. .item()) cannot run on meta
-        model = create_model(name, in_channels=1, num_classes=classes, spatial_dims=dims)
+        model = create_model(name, in_channels=channels, num_classes=classes, spatial_dims=dims)
     return count_parameters(model)
 
 
@@ -106,7 +107,7 @@ def run_models(args: argparse.Namespace) -> int:
     headers = ["name", "aliases", "dims", "parameters", "default loss", "input multiple", "paper"]
     print(markdown_table(headers, rows, [False, False, False, True, False, True, False]))
     print(f"\n{len(rows)} models; parameters at in_channels=1, num_classes=1 (instance models: 2, the "
-          "background included), 2D where supported.")
+          "background included; bpr: in_channels 2, an image channel and the mask), 2D where supported.")
     return 0
 
 
@@ -444,6 +445,78 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
+# medseg refine (BPR)
+# ----------------------------------------------------------------------------------------------------
+
+REFINE_USAGE = ("medseg refine CHECKPOINT IMAGES COARSE OUT [options]\n"
+                "       medseg refine prepare COARSE DATASET OUT [options]")
+
+
+def _iou_threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
+    return value
+
+
+def configure_refine(parser: argparse.ArgumentParser) -> None:
+    parser.usage = REFINE_USAGE
+    parser.description = (
+        "Boundary Patch Refinement (BPR, Tang et al. 2021). 'medseg refine CHECKPOINT IMAGES COARSE OUT' "
+        "refines the coarse predictions in COARSE (named by case id, binary, semantic or instance label "
+        "maps) of the images in IMAGES with a trained refiner and writes OUT/{coarse name}. 'medseg refine "
+        "prepare COARSE DATASET OUT' writes training patches from coarse predictions of a data set's cases "
+        "(train them with: medseg train configs/bpr-polyp.yaml data.root=OUT).")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="see the usage")
+    parser.add_argument("--patch-size", type=_positive_int, default=64, metavar="N",
+                        help="boundary patch size in pixels (default: 64)")
+    parser.add_argument("--iou-threshold", type=_iou_threshold, default=None, metavar="T",
+                        help="NMS IoU of the patch boxes (default: 0.55 refining, 0.25 preparing)")
+    refine = parser.add_argument_group("refining")
+    refine.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
+                        help="patches per network batch (default: 16)")
+    refine.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    prepare = parser.add_argument_group("preparing")
+    prepare.add_argument("--instances", action="store_true",
+                         help="the coarse and ground-truth maps are instance label maps (match each coarse "
+                              "instance to the ground-truth instance of highest IoU)")
+    prepare.add_argument("--min-iou", type=_iou_threshold, default=0.5, metavar="T",
+                         help="drop coarse objects with IoU below T to their ground truth (default: 0.5)")
+    prepare.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
+                         help="share of source cases in splits.json's validation side (default: 0.2)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run_refine(args: argparse.Namespace) -> int:
+    from medseg.engine.refine import prepare_patches, refine_paths
+
+    paths = [Path(p) for p in args.paths]
+    if args.paths[0] == "prepare":
+        if len(paths) != 4:
+            raise MedsegError("refine prepare needs COARSE DATASET OUT (3 paths)")
+        if not 0 < args.val_fraction < 1:
+            raise MedsegError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+        summary = prepare_patches(*paths[1:], instances=args.instances, patch_size=args.patch_size,
+                                  iou_threshold=0.25 if args.iou_threshold is None else args.iou_threshold,
+                                  min_iou=args.min_iou, val_fraction=args.val_fraction,
+                                  progress=not args.no_progress)
+        print(f"{PROG}: wrote {summary.patches} patches of {summary.objects - summary.dropped} objects "
+              f"({summary.dropped} dropped at IoU < {args.min_iou}) from {summary.cases} cases to "
+              f"{summary.out}", file=sys.stderr)
+        return 0
+    if len(paths) != 4:
+        raise MedsegError(f"refine needs CHECKPOINT IMAGES COARSE OUT (4 paths), got {len(paths)}")
+    written = refine_paths(*paths, patch_size=args.patch_size,
+                           iou_threshold=0.55 if args.iou_threshold is None else args.iou_threshold,
+                           batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
+    print(f"{PROG}: wrote {len(written)} refined predictions to {paths[3]}", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
 # medseg demo
 # ----------------------------------------------------------------------------------------------------
 
@@ -490,6 +563,8 @@ COMMANDS: tuple[Command, ...] = (
             configure_train, run_train),
     Command("predict", "predict images with one checkpoint or an ensemble: masks in the source format",
             configure_predict, run_predict),
+    Command("refine", "BPR: refine coarse masks along their boundaries (refine prepare: training patches)",
+            configure_refine, run_refine),
     Command("demo", "synthetic 2D data, a few minutes of CPU training, prediction and evaluation report",
             configure_demo, run_demo),
 )

@@ -115,6 +115,10 @@ class HRNetEncoder(Encoder):
         multi_scale_output: False fuses only the finest branch in the last module (HRNetV1); the encoder
             then returns that branch alone.
         fuse_upsample: ``nearest`` (the paper, timm) or ``linear`` (the official segmentation code).
+        mask_channels: extra input channels after the ``in_channels`` image channels (BPR's coarse mask,
+            Tang et al. 2021): they get their own 3x3 stride-2 conv (``conv_mask``, no bias) whose output
+            is added to ``conv1``'s before ``bn1``; the input then has ``in_channels + mask_channels``
+            channels. Weight files need not have ``conv_mask`` (it is a new layer).
 
     Any input size works (the stride-2 convs round up and the fuse layers match sizes); multiples of 32
     keep the branches exactly aligned.
@@ -124,8 +128,11 @@ class HRNetEncoder(Encoder):
 
     def __init__(self, in_channels: int = 3, spatial_dims: int = 2, config: str | HRNetSpec = "hrnet_w48",
                  width: int | None = None, stem_width: int | None = None, stage1_channels: int | None = None,
-                 multi_scale_output: bool = True, fuse_upsample: str = "nearest") -> None:
+                 multi_scale_output: bool = True, fuse_upsample: str = "nearest", mask_channels: int = 0
+                 ) -> None:
         super().__init__()
+        if mask_channels < 0:
+            raise MedsegError(f"HRNet mask_channels must be >= 0, got {mask_channels}")
         self.spatial_dims = layers.check_spatial_dims(spatial_dims)
         check_choice("fuse_upsample", fuse_upsample, FUSE_UPSAMPLINGS)
         spec = hrnet_spec(config)
@@ -141,6 +148,11 @@ class HRNetEncoder(Encoder):
         self.multi_scale_output = multi_scale_output
         stem = spec.stem_width
         self.conv1 = layers.conv(spatial_dims, in_channels, stem, 3, 2, padding=1, bias=False)
+        self.image_channels = in_channels
+        self.conv_mask = (layers.conv(spatial_dims, mask_channels, stem, 3, 2, padding=1, bias=False)
+                          if mask_channels else None)
+        if mask_channels:
+            self.new_layers = ("conv_mask.",)
         self.bn1 = layers.norm("batch", spatial_dims, stem)
         self.conv2 = layers.conv(spatial_dims, stem, stem, 3, 2, padding=1, bias=False)
         self.bn2 = layers.norm("batch", spatial_dims, stem)
@@ -173,8 +185,13 @@ class HRNetEncoder(Encoder):
         kaiming_init(self)
 
     def stem(self, x: Tensor) -> Tensor:
-        """The two stride-2 3x3 conv-BN-ReLU layers (1/4 of the input)."""
-        return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+        """The two stride-2 3x3 conv-BN-ReLU layers (1/4 of the input); with ``mask_channels`` the mask
+        conv's output is added to the first conv's before its BN (BPR's ``HRNetRefine``)."""
+        if self.conv_mask is None:
+            y = self.conv1(x)
+        else:
+            y = self.conv1(x[:, :self.image_channels]) + self.conv_mask(x[:, self.image_channels:])
+        return self.relu(self.bn2(self.conv2(self.relu(self.bn1(y)))))
 
     def forward(self, x: Tensor) -> list[Tensor]:
         features = [self.layer1(self.stem(x))]

@@ -1,6 +1,7 @@
 """The model zoo: importing this package registers every model in :mod:`medseg.models.registry`."""
 
 from medseg.models.attention_unet import AttentionUNet
+from medseg.models.bpr import BoundaryPatchRefiner
 from medseg.models.cenet import CENet
 from medseg.models.conresnet import ConResNet
 from medseg.models.convlstm_unet import ConvLSTMUNet
@@ -49,6 +50,7 @@ from medseg.models.vnet import VNet
 __all__ = [  # one name a line, so that modules added side by side merge
     "AttentionUNet",
     "CENet",
+    "BoundaryPatchRefiner",
     "ConResNet",
     "ConvLSTMUNet",
     "DeepLabV1",
@@ -56,24 +58,24 @@ __all__ = [  # one name a line, so that modules added side by side merge
     "DeepLabV3",
     "DeepLabV3Plus",
     "DenseUNet",
+    "DenseVoxelNet",
     "ENet",
     "ERFNet",
     "FastSCNN",
     "FCDenseNet",
     "FCN",
+    "FCN3D",
     "HDenseUNet",
+    "HighResNet",
     "HRNet",
     "M2SNet",
     "MSNet",
     "MaskRCNN",
+    "MiniSeg",
     "MultiResUNet",
     "NonLocalUNet",
     "PAN",
     "PSPNet",
-    "DenseVoxelNet",
-    "FCN3D",
-    "HighResNet",
-    "MiniSeg",
     "R2UNet",
     "RefineNet",
     "Reference",
@@ -83,8 +85,8 @@ __all__ = [  # one name a line, so that modules added side by side merge
     "model_info",
     "register_model",
     "unregister_model",
-    "SegNet",
     "ResidualUNet",
+    "SegNet",
     "SkipDenseNet3D",
     "UNet",
     "UNetDecoder",
