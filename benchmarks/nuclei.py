@@ -44,7 +44,7 @@ from medseg.data import load_dataset, read_mask, write_splits
 from medseg.engine import train
 from medseg.engine.benchmark import markdown_table, write_benchmark_report
 from medseg.engine.config import config_from_dict
-from medseg.engine.evaluate import evaluate_instance_folders
+from medseg.engine.evaluate_instances import evaluate_instance_folders
 from medseg.engine.predict import load_models, predict_paths
 from medseg.errors import MedsegError
 from medseg.fileio import write_text_atomically

@@ -294,7 +294,7 @@ def _warnings_on_stderr(logger_name: str) -> Iterator[None]:
 
 
 def run_evaluate_instances(args: argparse.Namespace) -> int:
-    from medseg.engine.evaluate import evaluate_instance_folders
+    from medseg.engine.evaluate_instances import evaluate_instance_folders
 
     if args.metrics is not None or args.labels is not None:
         raise MedsegError("--metrics and --labels do not apply to --instance (every instance metric is "

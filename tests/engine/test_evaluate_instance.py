@@ -12,7 +12,7 @@ import pytest
 
 from medseg.cli import main
 from medseg.data import read_mask, write_mask
-from medseg.engine.evaluate import evaluate_instance_folders
+from medseg.engine.evaluate_instances import evaluate_instance_folders
 from medseg.metrics.instance import CASE_METRICS, InstanceEvaluation
 
 

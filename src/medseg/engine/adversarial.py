@@ -21,15 +21,14 @@ under DDP its gradients are averaged over the ranks before each step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medseg.config_types import ConfigError, bounded
+from medseg.engine.config_adversarial import AdversarialConfig, DiscriminatorConfig
 from medseg.engine.distributed import DistributedContext, all_reduce_sum
 from medseg.errors import MedsegError
 from medseg.layers import resize_to
@@ -41,37 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["Adversary", "AdversarialConfig", "DiscriminatorConfig", "build_adversary"]
 
 _SEED_SALT = 0xAD7E5
-
-
-@dataclass
-class DiscriminatorConfig:
-    """``train.adversarial.discriminator``: ``luc`` (Luc et al.'s two-branch Stanford Background network)
-    or ``concat`` (image and map concatenated), with ``options`` (``features`` 64, ``norm`` none, ``act``
-    relu); see :mod:`medseg.models.discriminator`."""
-
-    name: Literal["luc", "concat"] = "luc"
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class AdversarialConfig:
-    """``train.adversarial``: the adversarial term's ``weight`` (lambda), the first (0-based) epoch it is
-    on (``start_epoch``), and the discriminator's optimiser (``adam`` with ``betas``, or ``sgd`` with
-    ``momentum``), constant learning rate ``lr`` and ``weight_decay``."""
-
-    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
-    weight: float = bounded(0.1, ge=0)
-    start_epoch: int = bounded(0, ge=0)
-    optimiser: Literal["adam", "sgd"] = "adam"
-    lr: float = bounded(1e-4, gt=0)
-    betas: tuple[float, float] = bounded((0.5, 0.999), ge=0, lt=1)
-    momentum: float = bounded(0.9, ge=0, lt=1)
-    weight_decay: float = bounded(0.0, ge=0)
-
-    def check(self, key: str) -> None:
-        unknown = set(self.discriminator.options) - {"features", "norm", "act"}
-        if unknown:
-            raise ConfigError(f"{key}.discriminator.options: unknown {sorted(unknown)} (features, norm, act)")
 
 
 def _bce(scores: Tensor, real: bool) -> Tensor:

@@ -26,7 +26,7 @@ import yaml
 
 from medseg.config_types import ConfigError, bounded, config_to_dict, dataclass_from_dict, with_overrides
 from medseg.data.augment import AugmentationConfig
-from medseg.engine.adversarial import AdversarialConfig
+from medseg.engine.config_adversarial import AdversarialConfig
 from medseg.engine.config_data import DataConfig, SyntheticDataConfig
 from medseg.engine.schedules import ScheduleConfig, lr_factor_function, register_schedule, schedule_names
 from medseg.errors import MedsegError

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+from scipy import ndimage
 
 #: The intensity window of a grey picture, in percentiles of its values.
 WINDOW_PERCENTILES = (1.0, 99.0)
@@ -32,3 +35,28 @@ def display_image(image: np.ndarray) -> np.ndarray:
         low, high = float(grey.min(initial=0)), float(grey.max(initial=1))
     scaled = (grey - low) / (high - low) if high > low else np.zeros_like(grey)
     return np.rint(np.clip(scaled, 0, 1) * 255).astype(np.uint8)
+
+
+#: Contour colours of the predicted classes in overlays (RGB), in class order.
+OVERLAY_COLOURS = np.array([[255, 220, 0], [0, 200, 255], [255, 64, 64], [64, 255, 64], [255, 0, 255]],
+                           dtype=np.uint8)
+
+
+def overlay_png(image: np.ndarray, labels: np.ndarray) -> bytes:
+    """PNG bytes of a 2D image ``[C, H, W]`` with the contour of each predicted class ``[H, W]`` (or
+    ``[K, H, W]`` multilabel) drawn in colour."""
+    from PIL import Image
+
+    picture = display_image(image)
+    if picture.ndim == 2:  # grey: RGB, for coloured contours
+        picture = np.repeat(picture[..., None], 3, axis=-1)
+    if labels.ndim == 2:
+        masks = [labels == c for c in np.unique(labels) if c != 0]
+    else:
+        masks = [m > 0 for m in labels]
+    for i, mask in enumerate(masks):
+        contour = mask & ~ndimage.binary_erosion(mask)
+        picture[contour] = OVERLAY_COLOURS[i % len(OVERLAY_COLOURS)]
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    return buffer.getvalue()

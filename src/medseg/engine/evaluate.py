@@ -79,7 +79,7 @@ from medseg.metrics.overlap import dice
 logger = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_FOLDERS", "LABEL_FOLDERS", "CaseJob", "CasePair", "CaseResult", "Matching", "Prediction",
-           "Summary", "evaluate_folders", "evaluate_instance_folders", "evaluate_job", "ground_truth",
+           "Summary", "evaluate_folders", "evaluate_job", "ground_truth",
            "match_cases", "metrics_csv", "parallel_map", "read_pair", "read_prediction", "read_truth"]
 
 #: Below this many cases the cases are evaluated in this process (no pool start-up).
@@ -474,10 +474,3 @@ def write_outputs(summary: Summary, out_dir: Path, pairs: dict[str, CasePair],
     except OSError as exc:
         raise MedsegError(f"cannot write into {out_dir}: {exc.strerror}") from None
     summary.files = files
-
-
-def evaluate_instance_folders(*args: Any, **kwargs: Any) -> Summary:
-    """:func:`medseg.engine.evaluate_instances.evaluate_instance_folders` (``medseg evaluate --instance``)."""
-    from medseg.engine.evaluate_instances import evaluate_instance_folders as evaluate
-
-    return evaluate(*args, **kwargs)

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -36,7 +35,7 @@ from medseg.data.io import case_id, image_extension, lossless_mask_path, write_i
 from medseg.data.preprocess import PreprocessedCase, Preprocessor
 from medseg.engine.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
 from medseg.engine.device import resolve_device
-from medseg.engine.display import display_image
+from medseg.engine.display import OVERLAY_COLOURS, display_image, overlay_png  # noqa: F401 (re-exported)
 from medseg.engine.inference import (
     ensemble_predict,
     logits_to_labels,
@@ -56,8 +55,6 @@ __all__ = ["LoadedModel", "PredictSettings", "find_cases", "load_models", "predi
 PROBABILITY_SUFFIX = "_probabilities"
 OVERLAY_FOLDER = "overlays"
 ENSEMBLE_KEYS = ("label_mode", "class_names", "in_channels", "num_classes", "spatial_dims", "preprocessing")
-OVERLAY_COLOURS = np.array([[255, 220, 0], [0, 200, 255], [255, 64, 64], [64, 255, 64], [255, 0, 255]],
-                           dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -234,24 +231,6 @@ def _predict_probabilities(models: Sequence[LoadedModel], image: Tensor, setting
     return ensemble_predict(predictors, image, first.num_classes, first.label_mode, **options), True
 
 
-def overlay_png(image: np.ndarray, labels: np.ndarray) -> bytes:
-    """PNG bytes of a 2D image ``[C, H, W]`` with the contour of each predicted class ``[H, W]`` (or
-    ``[K, H, W]`` multilabel) drawn in colour."""
-    from PIL import Image
-
-    picture = display_image(image)
-    if picture.ndim == 2:  # grey: RGB, for coloured contours
-        picture = np.repeat(picture[..., None], 3, axis=-1)
-    if labels.ndim == 2:
-        masks = [labels == c for c in np.unique(labels) if c != 0]
-    else:
-        masks = [m > 0 for m in labels]
-    for i, mask in enumerate(masks):
-        contour = mask & ~ndimage.binary_erosion(mask)
-        picture[contour] = OVERLAY_COLOURS[i % len(OVERLAY_COLOURS)]
-    buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @dataclass

@@ -95,7 +95,7 @@ def predict_instance_case(model: torch.nn.Module, case: Case, preprocessing: dic
             written.append(json_path)
             write_text_atomically(json_path, _sidecar(label_map, scores, classes))
         if overlay_path is not None:
-            from medseg.engine.predict import overlay_png
+            from medseg.engine.display import overlay_png
 
             written.append(overlay_path)
             overlay_path.parent.mkdir(parents=True, exist_ok=True)
