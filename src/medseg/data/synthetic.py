@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -335,20 +335,11 @@ def write_polyp_dataset(root: str | Path, n_cases: int = 200, size: tuple[int, i
     Skipped when ``root`` already holds the same data set (its ``synthetic.json`` stamp); otherwise
     generated case files (``case_*``) that the new data set does not have are removed. Returns ``root``.
     """
-    _check_at_least("n_cases", n_cases, 1)
-    root = Path(root)
-    names = _case_names(n_cases)
-    params = {"kind": "polyp", "version": GENERATOR_VERSION, "n_cases": n_cases,
-              "size": [int(s) for s in size], "seed": int(seed)}
-    images = [root / "images" / f"{n}.png" for n in names]
-    masks = [root / "masks" / f"{n}.png" for n in names]
-    if _prepare(root, params, images + masks, r"case_\d+\.png"):
-        for i in _progress(n_cases, "synthetic polyps"):
-            rgb, mask = make_polyp_image(_case_rng(seed, i), tuple(size))
-            write_image(images[i], rgb)
-            write_mask(masks[i], mask * np.uint8(255))
-        write_text_atomically(root / STAMP_NAME, json.dumps(params, indent=1) + "\n")
-    return root
+    def pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        rgb, mask = make_polyp_image(rng, tuple(size))
+        return rgb, mask * np.uint8(255)
+
+    return _write_2d_pairs(root, "polyp", n_cases, size, seed, pair)
 
 
 def make_nuclei_image(rng: np.random.Generator, size: tuple[int, int] = (96, 96), *,
@@ -395,18 +386,27 @@ def write_nuclei_dataset(root: str | Path, n_cases: int = 40, size: tuple[int, i
                          seed: int = 0) -> Path:
     """Write nuclei-like pairs ``root/images/case_XXX.png`` (RGB) and ``root/masks/case_XXX.png``
     (16-bit instance label maps, DSB 2018 style); stamped and skipped as :func:`write_polyp_dataset`."""
+    return _write_2d_pairs(root, "nuclei", n_cases, size, seed,
+                           lambda rng: make_nuclei_image(rng, tuple(size)))
+
+
+def _write_2d_pairs(root: str | Path, kind: str, n_cases: int, size: tuple[int, int], seed: int,
+                    make: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]) -> Path:
+    """Write ``root/images/case_XXX.png`` and ``root/masks/case_XXX.png`` from ``make(rng)`` -> (RGB image,
+    mask as written), unless ``root`` already holds the same data set (its stamp); stale generated case
+    files are removed first."""
     _check_at_least("n_cases", n_cases, 1)
     root = Path(root)
     names = _case_names(n_cases)
-    params = {"kind": "nuclei", "version": GENERATOR_VERSION, "n_cases": n_cases,
+    params = {"kind": kind, "version": GENERATOR_VERSION, "n_cases": n_cases,
               "size": [int(s) for s in size], "seed": int(seed)}
     images = [root / "images" / f"{n}.png" for n in names]
     masks = [root / "masks" / f"{n}.png" for n in names]
     if _prepare(root, params, images + masks, r"case_\d+\.png"):
-        for i in _progress(n_cases, "synthetic nuclei"):
-            rgb, label = make_nuclei_image(_case_rng(seed, i), tuple(size))
+        for i in _progress(n_cases, f"synthetic {kind}"):
+            rgb, mask = make(_case_rng(seed, i))
             write_image(images[i], rgb)
-            write_mask(masks[i], label)
+            write_mask(masks[i], mask)
         write_text_atomically(root / STAMP_NAME, json.dumps(params, indent=1) + "\n")
     return root
 
