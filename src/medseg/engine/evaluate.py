@@ -307,6 +307,17 @@ def _check_folder(path: Path, role: str) -> Path:
     return path
 
 
+def matched_cases(pred_dir: Path, gt_dir: Path) -> Matching:
+    """The pairs of ``pred_dir`` and ``gt_dir`` (:func:`match_cases`), the unmatched cases logged; no pair
+    at all is an error."""
+    matching = match_cases(pred_dir, gt_dir)
+    if not matching.pairs:
+        raise MedsegError(f"no case of {pred_dir} matches a ground-truth case of {gt_dir} "
+                          f"({len(matching.extra)} predictions, {len(matching.missing)} ground-truth cases)")
+    _log_unmatched(matching)
+    return matching
+
+
 def _log_unmatched(matching: Matching) -> None:
     def listed(ids: Sequence[str]) -> str:
         return ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
@@ -345,11 +356,7 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_dir: str | Pa
         raise MedsegError(f"the NSD tolerance must be >= 0, got {nsd_tolerance}")
     if labels is not None and (not labels or any(int(c) < 1 for c in labels)):
         raise MedsegError(f"labels must be positive label values, got {list(labels)}")
-    matching = match_cases(pred_dir, gt_dir)
-    if not matching.pairs:
-        raise MedsegError(f"no case of {pred_dir} matches a ground-truth case of {gt_dir} "
-                          f"({len(matching.extra)} predictions, {len(matching.missing)} ground-truth cases)")
-    _log_unmatched(matching)
+    matching = matched_cases(pred_dir, gt_dir)
     problems = dict(matching.problems)
     pairs = matching.pairs
     classes, results = _evaluate_cases(pairs, labels, names, float(nsd_tolerance), workers, progress)

@@ -11,8 +11,8 @@ import numpy as np
 
 from medseg.data.geometry import DataError
 from medseg.data.io import read_mask
-from medseg.engine.evaluate import Summary, _check_folder, _log_unmatched, metrics_csv, parallel_map
-from medseg.engine.pairing import CasePair, _fit_shape, match_cases, read_truth
+from medseg.engine.evaluate import Summary, _check_folder, matched_cases, metrics_csv, parallel_map
+from medseg.engine.pairing import CasePair, _fit_shape, read_truth
 from medseg.errors import MedsegError
 from medseg.fileio import write_text_atomically
 from medseg.metrics.aggregate import Row, summarize
@@ -45,11 +45,7 @@ def evaluate_instance_folders(pred_dir: str | Path, gt_dir: str | Path, out_dir:
     gt_dir = _check_folder(Path(gt_dir), "ground-truth")
     if max_detections is not None and max_detections < 1:
         raise MedsegError(f"max_detections must be positive, got {max_detections}")
-    matching = match_cases(pred_dir, gt_dir)
-    if not matching.pairs:
-        raise MedsegError(f"no case of {pred_dir} matches a ground-truth case of {gt_dir} "
-                          f"({len(matching.extra)} predictions, {len(matching.missing)} ground-truth cases)")
-    _log_unmatched(matching)
+    matching = matched_cases(pred_dir, gt_dir)
     problems = dict(matching.problems)
     evaluation = InstanceEvaluation(max_detections=max_detections)
 
