@@ -289,9 +289,9 @@ class PostprocessConfig:
 class InferenceConfig:
     """Prediction: ``whole`` images, ``sliding_window`` over ``patch_size`` (None: the training patch)
     with ``step`` (fraction of the patch) and Gaussian importance weights (sigma ``sigma_scale`` x
-    patch), ``window_batch_size`` windows per forward; mirroring TTA over ``mirror_axes`` (None: all);
-    logits accumulated on the device or the CPU (``auto``: CPU when the volume does not fit); binary /
-    multilabel ``threshold``; optional probability maps and 2D overlays."""
+    patch), ``window_batch_size`` windows per forward (slices with ``data.slices``); mirroring TTA over
+    ``mirror_axes`` (None: all); logits accumulated on the device or the CPU (``auto``: CPU when the volume
+    does not fit); binary / multilabel ``threshold``; optional probability maps and 2D overlays."""
 
     mode: Literal["auto", "whole", "sliding_window"] = "auto"
     patch_size: tuple[int, ...] | None = bounded(None, ge=1)
