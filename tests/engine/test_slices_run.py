@@ -116,6 +116,22 @@ def test_mirrored_triplanar_prediction_writes_probabilities_on_the_source_grid(t
     np.testing.assert_allclose(values.sum(-1), 1.0, atol=1e-4)  # averaged softmax probabilities
 
 
+def test_cli_predicts_a_folder_of_volumes_with_a_2p5d_checkpoint(tmp_path: Path) -> None:
+    from medseg.cli import main
+
+    ckpt = _slice_checkpoint(tmp_path / "m.pt", [1], k=1)
+    (tmp_path / "in").mkdir()
+    shapes = {"a": (6, 8, 5), "b": (4, 7, 9)}
+    for name, shape in shapes.items():
+        data = np.random.default_rng(len(name)).normal(size=shape).astype(np.float32)
+        nib.save(nib.Nifti1Image(data, ROTATED), tmp_path / "in" / f"{name}.nii.gz")
+    assert main(["predict", str(ckpt), str(tmp_path / "in"), str(tmp_path / "out"), "--no-progress"]) == 0
+    for name, shape in shapes.items():
+        result = nib.load(tmp_path / "out" / f"{name}.nii.gz")
+        assert result.shape == shape
+        np.testing.assert_array_equal(result.affine, nib.load(tmp_path / "in" / f"{name}.nii.gz").affine)
+
+
 def test_a_2d_image_is_refused_by_a_2p5d_checkpoint(tmp_path: Path) -> None:
     from PIL import Image
 
