@@ -14,6 +14,9 @@ leave more than one voxel after the 4 poolings of both (instance norm), e.g. 32x
 
     .venv/bin/python benchmarks/hippocampus.py [--models unet monai_basicunet conresnet] [--size 32 48 32]
         [--epochs 50] [--iterations-per-epoch 50] [--minutes-per-model M] [--device cpu|cuda]
+
+``unet2p5d`` is the 2.5D U-Net (a 2D U-Net on 5-slice windows, :mod:`medseg.data.slices`); give it with
+``unet`` for the 3D / 2.5D comparison: ``--models unet unet2p5d``.
 """
 
 from __future__ import annotations
@@ -26,8 +29,16 @@ from train_compare import MONAI_BASICUNET, ROOT, Budget, Column, Task, Variant, 
 MODELS = ["unet", MONAI_BASICUNET, "conresnet", "hrnet3d"]
 #: The 3D HRNetV2 of configs/hrnet3d-hippocampus.yaml (W18-Small-v1 topology, widths 8-64, stem 32),
 #: without its deep supervision (the loss is the same for every row).
+#: The 2.5D U-Net (configs/unet2p5d-hippocampus.yaml, issue 21): the 2D form of the benchmark's U-Net on
+#: 5-slice windows (k = 2, slices across the axial array axis 0), 2D patches of 64x48 (the slices are about
+#: 52x34), 4x the batch of the 3D runs (a 2D patch has far fewer voxels); slice-by-slice prediction.
+UNET_LAYOUT = {"features": [32, 32, 64, 128, 256], "norm": "instance", "act": "leaky_relu:0.1"}
 VARIANTS = {"hrnet3d": Variant("hrnet_v2", {"config": "hrnet_w18_small", "width": 8, "stem_width": 32,
-                                            "stage1_channels": 16})}
+                                            "stage1_channels": 16}),
+            "unet2p5d": Variant("unet", dict(UNET_LAYOUT), spatial_dims=2,
+                                data={"slices": 2, "slice_axis": "axial", "patch_size": [64, 48],
+                                      "batch_size": 32},
+                                inference={"mode": "whole", "window_batch_size": 16})}
 CLASSES = ((1, "anterior"), (2, "posterior"))
 COLUMNS = tuple(column for label, name in CLASSES for column in (
     Column(f"Dice {name}", "dice", label), Column(f"HD95 {name} (mm)", "hd95", label, 2),
@@ -50,8 +61,7 @@ TASK = Task(name="hippocampus", title="Hippocampus segmentation on MSD Task04: 3
             spatial_dims=3, in_channels=1,
             default_root=ROOT.parent / "shared" / "data" / "msd-task04-hippocampus",
             base_config=base_config, columns=COLUMNS, fair_loss="dice_ce",
-            model_options={"unet": {"features": [32, 32, 64, 128, 256], "norm": "instance",
-                                    "act": "leaky_relu:0.1"}}, variants=VARIANTS,
+            model_options={"unet": dict(UNET_LAYOUT)}, variants=VARIANTS,
             notes=["metrics: mean over the test cases per class (`medseg evaluate`); distances in mm with "
                    "the images' spacing; a case whose prediction or mask of a class is empty has no "
                    "distance for that class and is left out of that mean"])
