@@ -5,14 +5,16 @@ The same for every model: the seeded split, the patch size (``--size``, array or
 normalisation, the epochs, batches per epoch and time limit, batch, nnU-Net's SGD (Nesterov momentum 0.99,
 lr ``--lr``, poly decay), the engine's default 3D augmentation with a third of the patches on foreground,
 Dice + CE for every model (``--loss default``: each model's own loss), training from scratch, Gaussian
-sliding-window prediction (step 0.5) without postprocessing. Each model has its registry defaults, except
+sliding-window prediction (step 0.5) without postprocessing. Each model has its registry defaults (the
+rows of ``VARIANTS``: their presets' model options), except
 our U-Net, built with the peer's layout (widths 32/32/64/128/256, 4 poolings, instance norm, leaky ReLU 0.1;
 no deep supervision, as the loss is the same for all) so that the two U-Nets differ only in their code.
 (``configs/unet3d-hippocampus.yaml``'s 3-pooling U-Net learns much more slowly in a short budget: on the
 same 40 batches its Dice + CE stalls near 0.96 while the 4-pooling form reaches 0.59.) The patch must
 leave more than one voxel after the 4 poolings of both (instance norm), e.g. 32x48x32.
 
-    .venv/bin/python benchmarks/hippocampus.py [--models unet monai_basicunet conresnet] [--size 32 48 32]
+    .venv/bin/python benchmarks/hippocampus.py [--models unet monai_basicunet conresnet hrnet3d highresnet3d
+        unetr residual_unet3d] [--size 32 48 32]
         [--epochs 50] [--iterations-per-epoch 50] [--minutes-per-model M] [--device cpu|cuda]
 
 ``unet2p5d`` is the 2.5D U-Net (a 2D U-Net on 5-slice windows, :mod:`medseg.data.slices`); give it with
