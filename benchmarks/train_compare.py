@@ -157,6 +157,9 @@ class Variant:
         if slices is None:
             return (task.in_channels, *size)
         return (task.in_channels * (2 * int(slices) + 1), *self.data.get("patch_size", size))
+    size_option: str | None = None
+    """The model option that receives the training size (``--size``), e.g. UNETR's ``img_size`` (its
+    learned position embedding covers that grid), or None."""
 
 
 @dataclass
@@ -261,6 +264,8 @@ def build_config(task: Task, model: str, budget: Budget, run_dir: Path, splits_f
                      "spatial_dims": (variant and variant.spatial_dims) or task.spatial_dims,
                      "options": dict(variant.options if variant else task.model_options.get(model, {})),
                      "encoder_weights": budget.encoder_weights}
+    if variant is not None and variant.size_option is not None:
+        data["model"]["options"][variant.size_option] = list(budget.size)
     if variant is not None and variant.pointrend is not None:
         data["model"]["pointrend"] = dict(variant.pointrend)
     if variant is not None and variant.adversarial is not None:

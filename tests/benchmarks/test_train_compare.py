@@ -135,3 +135,17 @@ def test_hippocampus_2p5d_variant_is_a_2d_unet_on_slice_windows(tmp_path):
     assert reference.model.spatial_dims == 3 and reference.inference.mode == "sliding_window"
     variant = hippocampus.TASK.variants["unet2p5d"]
     assert variant.input_shape(hippocampus.TASK, size) == (5, 64, 48)
+
+
+def test_hippocampus_unetr_row_takes_the_training_size_as_img_size(tmp_path):
+    import hippocampus
+
+    size = (32, 48, 32)
+    config = tc.build_config(hippocampus.TASK, "unetr", budget(size=size), tmp_path / "run",
+                             tmp_path / "splits.json", tmp_path / "data", tmp_path / "cache")
+    assert config.model.name == "unetr"
+    assert config.model.options == {**hippocampus.UNETR_OPTIONS, "img_size": list(size)}
+    assert hippocampus.VARIANTS["unetr"].options == hippocampus.UNETR_OPTIONS  # the variant is not mutated
+    other = tc.build_config(hippocampus.TASK, "residual_unet3d", budget(size=size), tmp_path / "run",
+                            tmp_path / "splits.json", tmp_path / "data", tmp_path / "cache")
+    assert "img_size" not in other.model.options
