@@ -45,7 +45,10 @@ class DataConfig:
     PNG/TIFF, NIfTI), kept as ids through preprocessing (nearest resampling, no mapping) and
     augmentation, for instance models (Mask R-CNN); objects of fewer than ``min_instance_pixels`` pixels
     in a training patch are not targets. ``binarize_labels``: every nonzero label value becomes 1 (a
-    binary model on instance label maps, e.g. U-Net + watershed).
+    binary model on instance label maps, e.g. U-Net + watershed). ``cascade_from``: this run is the
+    full-resolution stage 2 of a cascade (nnU-Net's cascade, H-DenseUNet): a stage-1 checkpoint or run
+    folder (its ``best.pt``, else ``last.pt``) whose coarse segmentations, one-hot, are extra input channels
+    (:mod:`medseg.engine.cascade`); same label mode, classes and image channels as this run.
     """
 
     root: str | None = None
@@ -72,8 +75,15 @@ class DataConfig:
     foreground_fraction: float = bounded(0.33, ge=0, le=1)
     batch_size: int = bounded(2, ge=1)
     num_workers: int = bounded(2, ge=0)
+    cascade_from: str | None = None
 
     def check(self, key: str) -> None:
+        if self.cascade_from is not None:
+            if not self.cascade_from.strip():
+                raise ConfigError(f"{key}.cascade_from: empty path (null switches the cascade off)")
+            if self.label_mode == "instance":
+                raise ConfigError(f"{key}.cascade_from: cascades take semantic coarse segmentations, not "
+                                  "label_mode instance")
         if self.fold is not None and self.fold >= self.folds:
             raise ConfigError(f"{key}.fold: {self.fold} must be below {key}.folds ({self.folds})")
         if self.label_mode == "binary" and self.num_classes not in (None, 1):
