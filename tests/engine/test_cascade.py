@@ -102,7 +102,7 @@ def test_missing_stage1_checkpoint_is_a_one_line_error_leaving_no_run(tmp_path: 
 def test_stage1_with_other_classes_is_refused(tmp_path: Path) -> None:
     stage1 = tiny_checkpoint(tmp_path / "s1.pt", dims=3, num_classes=2, mode="multiclass")
     config = _lesion_config(tmp_path, "s2", cascade_from=str(stage1))
-    with pytest.raises(CascadeError, match=r"s1.pt has 2 classes, this run 3"):
+    with pytest.raises(CascadeError, match=r"s1.pt has classes 2, this run 3"):
         train(config_from_dict(config), progress=False)
     binary = tiny_checkpoint(tmp_path / "b.pt", dims=3, num_classes=1, mode="binary")
     config["data"]["cascade_from"] = str(binary)
