@@ -110,6 +110,20 @@ def test_stage1_with_other_classes_is_refused(tmp_path: Path) -> None:
         train(config_from_dict(config), progress=False)
 
 
+def test_class_names_are_compared_when_both_runs_list_as_many() -> None:
+    from medseg.engine.cascade import check_stage1
+
+    ckpt = {"label_mode": "multiclass", "class_names": ["background", "anterior", "posterior"],
+            "model": {"in_channels": 1, "spatial_dims": 3, "num_classes": 3}}
+    options = {"label_mode": "multiclass", "image_channels": 1, "spatial_dims": 3, "num_classes": 3}
+    check_stage1(ckpt, "s1.pt", class_names=["anterior", "posterior"], **options)  # derived: no background
+    check_stage1(ckpt, "s1.pt", class_names=["background", "anterior", "posterior"], **options)
+    with pytest.raises(CascadeError, match="s1.pt has class names"):
+        check_stage1(ckpt, "s1.pt", class_names=["background", "posterior", "anterior"], **options)
+    with pytest.raises(CascadeError, match="s1.pt has image channels 1, this run 2"):
+        check_stage1(ckpt, "s1.pt", **{**options, "image_channels": 2})
+
+
 # ------------------------------------------------------------------------------------------ inputs
 
 

@@ -121,7 +121,8 @@ def check_stage1(ckpt: Mapping[str, Any], source: str | Path, *, label_mode: str
                  spatial_dims: int, num_classes: int | None = None,
                  class_names: list[str] | None = None) -> None:
     """Refuse a stage 1 whose label mode, classes, image channels or dimensionality differ from stage 2's
-    (one line naming ``data.cascade_from`` and the checkpoint)."""
+    (one line naming ``data.cascade_from`` and the checkpoint). Class names are compared when both runs
+    list as many (a list given with its background and one derived without it are not compared)."""
     record = ckpt.get("model") or {}
     theirs = {"label mode": ckpt.get("label_mode", "binary"), "image channels": record.get("in_channels"),
               "spatial dims": record.get("spatial_dims")}
@@ -129,7 +130,7 @@ def check_stage1(ckpt: Mapping[str, Any], source: str | Path, *, label_mode: str
                             "spatial dims": spatial_dims}
     if num_classes is not None:
         theirs["classes"], ours["classes"] = record.get("num_classes"), num_classes
-    if class_names is not None and ckpt.get("class_names") is not None:
+    if class_names is not None and len(ckpt.get("class_names") or []) == len(class_names):
         theirs["class names"], ours["class names"] = list(ckpt["class_names"]), list(class_names)
     for name, value in ours.items():
         if theirs[name] != value:
