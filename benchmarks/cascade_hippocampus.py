@@ -152,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         "metrics: mean over the test cases per class (`medseg evaluate`); HD95 and ASSD in mm",
         f"total wall time: {(time.perf_counter() - started) / 60:.1f} min",
     ]
+    dice = [summary["metrics"].get("dice", {}).get("per_class", {}) for *_, summary in rows]
+    if all(not any(v for v in per_class.values()) for per_class in dice):
+        notes.append("no run predicted any foreground (Dice 0, no distances): the budget is too short for "
+                     "these presets (SGD 0.01, momentum 0.99, deep supervision, 3 poolings); only the costs "
+                     "(training and prediction times) are comparable here")
     _write_section(f"{SECTION}\n\nThe presets `cascade-lowres-hippocampus.yaml` and "
                    "`cascade-fullres-hippocampus.yaml` (`benchmarks/cascade_hippocampus.py`).\n\n"
                    + "\n".join(f"- {n}" for n in notes) + "\n\n" + table + "\n")
