@@ -443,6 +443,9 @@ class Preprocessor:
         image_order: spline order for images (1 linear, 3 cubic as nnU-Net).
         label_interpolation: ``nearest`` or ``linear_argmax`` (see :func:`resample_label`).
         anisotropy_threshold: spacing ratio that triggers separate low-resolution-axis resampling.
+        coarse_channels: the last this many image channels are a coarse segmentation (a cascade's stage-1
+            one-hot map, :mod:`medseg.engine.cascade`): not normalised, resampled linearly, not part of
+            the non-zero box.
     """
 
     normalization: str = "zscore"
@@ -455,8 +458,12 @@ class Preprocessor:
     image_order: int = 3
     label_interpolation: str = "nearest"
     anisotropy_threshold: float = ANISOTROPY_THRESHOLD
+    coarse_channels: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.coarse_channels, int) or self.coarse_channels < 0:
+            raise MedsegError(f"preprocessing.coarse_channels {self.coarse_channels!r}: expected an integer "
+                              ">= 0")
         if self.normalization not in NORMALIZATION_SCHEMES:
             raise MedsegError(f"preprocessing.normalization {self.normalization!r}: expected one of "
                               f"{', '.join(NORMALIZATION_SCHEMES)}")
@@ -482,17 +489,29 @@ class Preprocessor:
         """Crop, normalise, resample, resize and map labels of one case."""
         original_shape = tuple(image.shape[1:])
         box: Box = tuple((0, n) for n in original_shape)
+        coarse = None
+        if self.coarse_channels:
+            if image.shape[0] <= self.coarse_channels:
+                raise MedsegError(f"preprocessing: {image.shape[0]} channels, expected the image channels "
+                                  f"and {self.coarse_channels} coarse-segmentation channels")
+            image, coarse = image[:-self.coarse_channels], image[-self.coarse_channels:]
         if self.crop_nonzero:
             image, label, box = crop_to_nonzero(image, label)
+            coarse = None if coarse is None else crop(coarse, box)
         cropped = crop_geometry(geometry.with_shape(original_shape), box)
         image = normalize(image, self.normalization, self.norm_stats)
         new_geometry = cropped
         if self.target_spacing is not None:
             image, new_geometry = resample(image, cropped, self.target_spacing, self.image_order,
                                            anisotropy_threshold=self.anisotropy_threshold)
+            if coarse is not None:
+                coarse, _ = resample(coarse.astype(np.float32), cropped, self.target_spacing, 1,
+                                     anisotropy_threshold=self.anisotropy_threshold)
             if label is not None:
                 label, _ = resample_label(label, cropped, self.target_spacing, mode=self.label_interpolation,
                                           anisotropy_threshold=self.anisotropy_threshold)
+        if coarse is not None:
+            image = np.concatenate([image, coarse.astype(np.float32)])
         resampled_shape = tuple(image.shape[1:])
         if self.resize_shape is not None:
             image = resize(image, self.resize_shape)
@@ -534,8 +553,9 @@ class Preprocessor:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON / YAML data (lists, not tuples)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        if not data["binarize"]:  # left out when off: the fingerprints (caches) of earlier runs stay valid
-            del data["binarize"]
+        for key in ("binarize", "coarse_channels"):  # left out when off: earlier caches' fingerprints stay
+            if not data[key]:
+                del data[key]
         for key in ("target_spacing", "resize_shape"):
             data[key] = None if data[key] is None else list(data[key])
         return json.loads(json.dumps(data))

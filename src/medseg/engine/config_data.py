@@ -53,6 +53,10 @@ class DataConfig:
     3D. ``slice_axis``: ``auto`` (across the coarsest spacing of the preprocessed training volumes, axial on
     a tie), ``axial`` (array axis 0, the file's last voxel axis), ``coronal`` (1), ``sagittal`` (2) or
     ``triplanar`` (one 2D model trained on slices of all three, predictions averaged as probabilities).
+    ``cascade_from``: this run is the full-resolution stage 2 of a cascade (nnU-Net's cascade,
+    H-DenseUNet): a stage-1 checkpoint or run folder (its ``best.pt``, else ``last.pt``) whose coarse
+    segmentations, one-hot, are extra input channels (:mod:`medseg.engine.cascade`); same label mode,
+    classes and image channels as this run; not combined with ``slices``.
     """
 
     root: str | None = None
@@ -81,6 +85,7 @@ class DataConfig:
     num_workers: int = bounded(2, ge=0)
     slices: int | None = bounded(None, ge=0)
     slice_axis: SliceAxis = "auto"
+    cascade_from: str | None = None
 
     def check(self, key: str) -> None:
         if self.slices is None and self.slice_axis != "auto":
@@ -90,6 +95,15 @@ class DataConfig:
         if self.slices is not None and self.patch_size is None:
             raise ConfigError(f"{key}.slices: 2.5D training draws 2D patches of slices; set {key}.patch_size "
                               "(2 values, e.g. the in-plane size)")
+        if self.cascade_from is not None:
+            if not self.cascade_from.strip():
+                raise ConfigError(f"{key}.cascade_from: empty path (null switches the cascade off)")
+            if self.label_mode == "instance":
+                raise ConfigError(f"{key}.cascade_from: cascades take semantic coarse segmentations, not "
+                                  "label_mode instance")
+        if self.cascade_from is not None and self.slices is not None:
+            raise ConfigError(f"{key}.cascade_from: a cascade's stage 2 takes 3D volumes; it cannot be "
+                              f"combined with 2.5D input ({key}.slices)")
         if self.fold is not None and self.fold >= self.folds:
             raise ConfigError(f"{key}.fold: {self.fold} must be below {key}.folds ({self.folds})")
         if self.label_mode == "binary" and self.num_classes not in (None, 1):

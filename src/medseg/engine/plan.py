@@ -42,9 +42,12 @@ from medseg.data import (
 )
 from medseg.data.datasets import Dataset, kfold_splits
 from medseg.data.geometry import DataError
+from medseg.data.io import read_mask
 from medseg.data.loader import SeededLoader
 from medseg.data.slices import resolve_slice_axes
 from medseg.encoders import Encoder, load_encoder_weights
+from medseg.engine.cascade import CascadeError
+from medseg.engine.cascade_cache import STAGE1_FOLDER, prepare_coarse_cases
 from medseg.engine.checkpoint import load_initial_weights, unwrap_model
 from medseg.engine.config import RunConfig, lr_factor_function
 from medseg.engine.distributed import DistributedContext, barrier, wrap_model
@@ -90,6 +93,10 @@ class DataPlan:
     slice_axes: tuple[int, ...] = ()
     """2.5D (``data.slices``): k and the resolved array axes; ``in_channels`` and ``spatial_dims`` are then
     the 2D model's (image channels x (2k + 1), 2), the cached volumes stay 3D."""
+    coarse_channels: int = 0
+    """A cascade's stage 2: the last input channels holding stage 1's coarse segmentation."""
+    cascade: dict[str, Any] | None = None
+    """A cascade's stage 2: the record its checkpoints embed (``{"stage1": ..., "source": ...}``)."""
 
 
 def _ensure_synthetic(config: RunConfig, ctx: DistributedContext) -> None:
@@ -113,9 +120,10 @@ def _probe(dataset: Dataset) -> tuple[int, int]:
 
 
 def build_preprocessor(config: RunConfig, dataset: Dataset, channels: int, dims: int,
-                       train_ids: Sequence[str]) -> Preprocessor:
+                       train_ids: Sequence[str], coarse_channels: int = 0) -> Preprocessor:
     """The preprocessing of the run; ``normalization: auto`` is ``rgb`` for 3-channel 2D images, ``ct``
-    when the data set names a CT channel (statistics from the training cases, nnU-Net) and ``zscore``."""
+    when the data set names a CT channel (statistics from the training cases, nnU-Net) and ``zscore``.
+    ``coarse_channels``: a cascade's stage-1 channels after the image's (not normalised)."""
     data = config.data
     scheme = data.normalization
     names = [n.lower() for n in (dataset.channel_names or [])]
@@ -133,7 +141,8 @@ def build_preprocessor(config: RunConfig, dataset: Dataset, channels: int, dims:
         stats = compute_ct_stats(pairs(), seed=config.train.seed)
     return Preprocessor(normalization=scheme, norm_stats=stats, target_spacing=data.spacing,
                         crop_nonzero=data.crop_nonzero, resize_shape=data.resize,
-                        label_mapping=data.label_mapping, binarize=data.binarize_labels)
+                        label_mapping=data.label_mapping, binarize=data.binarize_labels,
+                        coarse_channels=coarse_channels)
 
 
 def _split(config: RunConfig, dataset: Dataset, paths: RunPaths, resume: bool) -> tuple[list[str], list[str]]:
@@ -173,9 +182,10 @@ def _check_label_values(dataset: Dataset, cache: PreprocessedCache, case_ids: Se
 
 
 def prepare_data(config: RunConfig, paths: RunPaths, ctx: DistributedContext, resume: bool,
-                 progress: bool) -> DataPlan:
+                 progress: bool, device: torch.device | None = None) -> DataPlan:
     """Load the data set, split it (written to ``splits.json``), preprocess it into the cache (rank 0;
-    the other ranks wait and read the manifest)."""
+    the other ranks wait and read the manifest). A cascade's stage 2 (``data.cascade_from``) first has
+    stage 1 predict its cases on ``device`` (:mod:`medseg.engine.cascade_cache`)."""
     data = config.data
     if data.root is None:
         raise MedsegError("data.root: no data set given (a folder or a CSV/JSON list)")
@@ -188,30 +198,50 @@ def prepare_data(config: RunConfig, paths: RunPaths, ctx: DistributedContext, re
     train_ids, val_ids = _split(config, dataset, paths, resume)
     channels, dims = _probe(dataset)
     model_channels = channels if data.slices is None else channels * (2 * data.slices + 1)
-    if config.model.in_channels not in (None, model_channels):
+    if data.cascade_from is None and config.model.in_channels not in (None, model_channels):
         raise MedsegError(f"model.in_channels: {config.model.in_channels} but the images have {channels}"
                           + ("" if data.slices is None else f" channels x {2 * data.slices + 1} slices"))
     if data.slices is not None and dims != 3:
         raise MedsegError(f"data.slices: 2.5D input cuts 3D volumes into slices, the images are {dims}D")
     if data.slices is None and config.spatial_dims not in (None, dims):
         raise MedsegError(f"model.spatial_dims: the run is {config.spatial_dims}D but the images are {dims}D")
-    preprocessor = build_preprocessor(config, dataset, channels, dims, train_ids)
     cache_root = Path(data.cache_dir) if data.cache_dir is not None else paths.root / "cache"
     cases = [dataset.case(c) for c in train_ids + val_ids]
-    if ctx.is_main:
-        write_splits(paths.splits, [{"train": train_ids, "val": val_ids}])
-        PreprocessedCache(cache_root, preprocessor, seed=config.train.seed).prepare(
-            cases, progress=progress, num_workers=data.num_workers)
-    barrier(ctx)
-    cache = PreprocessedCache(cache_root, preprocessor, seed=config.train.seed)
-    num_classes = _num_classes(config, dataset, cache)
-    if data.label_mode == "multiclass":
-        _check_label_values(dataset, cache, train_ids + val_ids, num_classes)
     names = data.class_names
     if names is None and dataset.class_names:
         names = [dataset.class_names[k] for k in sorted(dataset.class_names) if k != 0]
+    coarse = None
+    if data.cascade_from is not None:
+        coarse = prepare_coarse_cases(
+            data.cascade_from, cases, cache_root / STAGE1_FOLDER, label_mode=data.label_mode,
+            image_channels=channels, spatial_dims=dims, class_names=names,
+            num_classes=data.output_channels(None),
+            device=device or torch.device("cpu"), progress=progress, predict=ctx.is_main)
+        cases = coarse.cases
+    coarse_channels = coarse.coarse_channels if coarse is not None else 0
+    if coarse_channels and config.model.in_channels not in (None, channels + coarse_channels):
+        raise MedsegError(f"model.in_channels: {config.model.in_channels} but the images have {channels}"
+                          f" and stage 1 adds {coarse_channels}")
+    preprocessor = build_preprocessor(config, dataset, channels, dims, train_ids, coarse_channels)
+    readers: dict[str, Any] = {} if coarse is None else {"reader": coarse.reader, "mask_reader": read_mask}
+    if ctx.is_main:
+        write_splits(paths.splits, [{"train": train_ids, "val": val_ids}])
+        PreprocessedCache(cache_root, preprocessor, seed=config.train.seed, **readers).prepare(
+            cases, progress=progress, num_workers=data.num_workers)
+    barrier(ctx)
+    cache = PreprocessedCache(cache_root, preprocessor, seed=config.train.seed, **readers)
+    num_classes = _num_classes(config, dataset, cache)
+    if data.label_mode == "multiclass":
+        _check_label_values(dataset, cache, train_ids + val_ids, num_classes)
+    cascade = None
+    if coarse is not None:
+        if coarse.num_classes != num_classes:
+            raise CascadeError(f"data.cascade_from: stage-1 checkpoint {coarse.source} has "
+                               f"{coarse.num_classes} classes, this run {num_classes}")
+        cascade = {"stage1": coarse.record, "source": str(coarse.source)}
     if data.slices is None:
-        return DataPlan(cache, train_ids, val_ids, channels, num_classes, dims, names)
+        return DataPlan(cache, train_ids, val_ids, channels + coarse_channels, num_classes, dims, names,
+                        coarse_channels=coarse_channels, cascade=cascade)
     axes = _slice_axes(config, cache, train_ids)
     logger.info("2.5D input: %d slices across array axis %s as channels of a 2D model", 2 * data.slices + 1,
                 "/".join(map(str, axes)))

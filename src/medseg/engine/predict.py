@@ -34,6 +34,7 @@ from medseg.data.geometry import DataError, Geometry
 from medseg.data.io import case_id, image_extension, lossless_mask_path, write_image, write_mask
 from medseg.data.preprocess import PreprocessedCase, Preprocessor
 from medseg.data.slices import SlicePredictor
+from medseg.engine.cascade import coarse_channel_count, coarse_onehot
 from medseg.engine.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
 from medseg.engine.device import resolve_device
 from medseg.engine.display import OVERLAY_COLOURS, display_image, overlay_png  # noqa: F401 (re-exported)
@@ -52,7 +53,8 @@ from medseg.fileio import remove_stale_temporaries_of, write_bytes_atomically
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LoadedModel", "PredictSettings", "find_cases", "load_models", "predict_case", "predict_paths"]
+__all__ = ["LoadedModel", "PredictSettings", "find_cases", "load_models", "loaded_model", "predict_case",
+           "predict_labels", "predict_paths"]
 
 PROBABILITY_SUFFIX = "_probabilities"
 OVERLAY_FOLDER = "overlays"
@@ -83,6 +85,9 @@ class LoadedModel:
     """2.5D checkpoints (``data.slices``): k and the array axes; ``in_channels`` and ``spatial_dims`` are
     then the images' (the 2D network takes ``in_channels x (2k + 1)`` channels)."""
 
+    stage1: LoadedModel | None = None
+    """A cascade's stage 1 (:mod:`medseg.engine.cascade`), whose coarse segmentation is an input."""
+
     def predictor(self) -> Predictor:
         """The network padded to its input multiple; for a 2.5D checkpoint, volumes rebuilt slice by slice
         (tri-planar: probabilities averaged over the axes), ``window_batch_size`` slices per forward."""
@@ -91,6 +96,16 @@ class LoadedModel:
             return padded
         batch = int(self.inference.get("window_batch_size") or 4)
         return SlicePredictor(padded, self.slice_axes, self.slices, self.label_mode, batch)
+
+    @property
+    def coarse_channels(self) -> int:
+        """Input channels taken by the stage-1 coarse segmentation (0 outside a cascade)."""
+        return 0 if self.stage1 is None else coarse_channel_count(self.label_mode, self.num_classes)
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images the model is given (its input channels, less the coarse ones)."""
+        return self.in_channels - self.coarse_channels
 
 
 def _patch_size(ckpt: Mapping[str, Any]) -> tuple[int, ...] | None:
@@ -107,34 +122,46 @@ def load_models(checkpoints: Sequence[str | Path], device: torch.device) -> list
     checkpoint)."""
     if not checkpoints:
         raise MedsegError("predict needs at least one checkpoint")
-    loaded = []
-    for path in map(Path, checkpoints):
-        ckpt = load_checkpoint(path)
-        record = ckpt.get("model") or {}
-        try:
-            model = build_model_from_checkpoint(ckpt)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
-        inference = dict(ckpt.get("inference") or {})
-        slices = inference.get("slices")
-        width = 1 if slices is None else 2 * int(slices) + 1
-        loaded.append(LoadedModel(
-            path=path, model=model.to(device).eval(), label_mode=str(ckpt.get("label_mode", "binary")),
-            class_names=ckpt.get("class_names"), in_channels=int(record["in_channels"]) // width,
-            num_classes=int(record["num_classes"]),
-            spatial_dims=int(record["spatial_dims"]) if slices is None else 3,
-            preprocessing=dict(ckpt.get("preprocessing") or {}), inference=inference,
-            patch_size=_patch_size(ckpt) if slices is None else None,
-            channels_suffix=((ckpt.get("config") or {}).get("data") or {}).get("channels_suffix"),
-            slices=None if slices is None else int(slices),
-            slice_axes=tuple(int(a) for a in inference.get("slice_axes") or ())))
+    loaded = [loaded_model(path, load_checkpoint(path), device) for path in map(Path, checkpoints)]
     _check_compatible(loaded)
     return loaded
+
+
+def loaded_model(path: Path, ckpt: Mapping[str, Any], device: torch.device) -> LoadedModel:
+    """The network of a loaded checkpoint on ``device`` with its records; a cascade's stage 2 with its
+    embedded stage 1 (``ckpt["cascade"]["stage1"]``)."""
+    record = ckpt.get("model") or {}
+    try:
+        model = build_model_from_checkpoint(ckpt)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    cascade = ckpt.get("cascade") or {}
+    stage1 = None
+    if cascade:
+        if not isinstance(cascade.get("stage1"), Mapping):
+            raise CheckpointError(f"checkpoint {path}: a cascade record without its stage-1 checkpoint")
+        stage1 = loaded_model(Path(f"{path}#stage1"), cascade["stage1"], device)
+    inference = dict(ckpt.get("inference") or {})
+    slices = inference.get("slices")
+    width = 1 if slices is None else 2 * int(slices) + 1
+    return LoadedModel(
+        path=path, model=model.to(device).eval(), label_mode=str(ckpt.get("label_mode", "binary")),
+        class_names=ckpt.get("class_names"), in_channels=int(record["in_channels"]) // width,
+        num_classes=int(record["num_classes"]),
+        spatial_dims=int(record["spatial_dims"]) if slices is None else 3,
+        preprocessing=dict(ckpt.get("preprocessing") or {}), inference=inference,
+        patch_size=_patch_size(ckpt) if slices is None else None,
+        channels_suffix=((ckpt.get("config") or {}).get("data") or {}).get("channels_suffix"), stage1=stage1,
+        slices=None if slices is None else int(slices),
+        slice_axes=tuple(int(a) for a in inference.get("slice_axes") or ()))
 
 
 def _check_compatible(models: Sequence[LoadedModel]) -> None:
     first = models[0]
     for other in models[1:]:
+        if (other.stage1 is None) != (first.stage1 is None):
+            raise CheckpointError(f"checkpoint {other.path} cannot be ensembled with {first.path}: one is a "
+                                  "cascade stage 2, the other not")
         for key in ENSEMBLE_KEYS:
             if getattr(other, key) != getattr(first, key):
                 raise CheckpointError(f"checkpoint {other.path} cannot be ensembled with {first.path}: its "
@@ -298,44 +325,66 @@ def _write_outputs(outputs: CaseOutputs, image: np.ndarray, labels: np.ndarray, 
         write_bytes_atomically(outputs.overlay, overlay_png(image, shown))
 
 
+def _stage1_settings(stage1: LoadedModel) -> PredictSettings:
+    """How a cascade's stage 1 predicts: its checkpoint's inference settings, no extra outputs."""
+    settings = PredictSettings.from_record(stage1.inference)
+    settings.save_probabilities = settings.overlays = False
+    return settings
+
+
+def predict_labels(models: Sequence[LoadedModel], image: np.ndarray, geometry: Geometry,
+                   settings: PredictSettings, device: torch.device, preprocessor: Preprocessor | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Label maps ``[1 or C, *spatial]`` on the source grid of an image ``[C, *spatial]`` (and the
+    probabilities when ``settings.save_probabilities``): preprocess, predict, map the scores back to the
+    source grid, convert to labels and postprocess. A cascade's stage 2 first predicts the stage-1 labels
+    and appends them one-hot to the image (:mod:`medseg.engine.cascade`). From the preprocessed image to
+    the labels everything stays in torch (only resampling to a source spacing goes through scipy)."""
+    first = models[0]
+    if first.stage1 is not None:
+        coarse, _ = predict_labels([first.stage1], image, geometry, _stage1_settings(first.stage1), device)
+        image = np.concatenate([image.astype(np.float32, copy=False),
+                                coarse_onehot(coarse, first.label_mode, first.num_classes)])
+    preprocessor = preprocessor or Preprocessor.from_dict(first.preprocessing)
+    prepared = preprocessor(image, None, geometry)
+    scores, are_probabilities = _predict_probabilities(models, torch.from_numpy(prepared.image), settings,
+                                                       device)
+    scores = _revert_scores(scores.cpu(), preprocessor, prepared, first.label_mode, are_probabilities)
+    probabilities = None
+    if settings.save_probabilities:
+        probabilities = scores if are_probabilities else logits_to_probabilities(scores, first.label_mode)
+    convert = probabilities_to_labels if are_probabilities else logits_to_labels
+    labels = convert(scores, first.label_mode, settings.threshold)
+    del scores
+    labels = (labels[None] if labels.ndim == first.spatial_dims else labels).numpy()
+    processed = postprocess(labels[0] if labels.shape[0] == 1 else labels, first.label_mode,
+                            settings.postprocess, spacing=geometry.spacing)
+    labels = processed[None] if processed.ndim == first.spatial_dims else processed
+    return labels, None if probabilities is None else probabilities.numpy()
+
+
 def predict_case(models: Sequence[LoadedModel], case: Case, outputs: CaseOutputs, settings: PredictSettings,
                  device: torch.device, preprocessor: Preprocessor | None = None) -> Path:
-    """Predict one case and write its outputs; on failure the files written for it are removed.
+    """Predict one case (:func:`predict_labels`) and write its outputs; on failure the files written for
+    it are removed.
 
     ``preprocessor``: the checkpoints' preprocessing, built once per run (default: built here). The
-    case is read as training reads cases (:func:`~medseg.data.cases.read_case`); from the preprocessed
-    image to the labels everything stays in torch (only resampling to a source spacing goes through
-    scipy), and the labels become numpy for postprocessing and writing.
+    case is read as training reads cases (:func:`~medseg.data.cases.read_case`).
     """
     first = models[0]
     written: list[Path] = []
     try:
         image, _, geometry = read_case(case, with_label=False)
-        if image.shape[0] != first.in_channels:
+        if image.shape[0] != first.image_channels:
             hint = " (for one file per channel, {case}_0000, {case}_0001, ..., pass --channels-suffix)" \
-                if len(case.images) == 1 and first.in_channels > image.shape[0] else ""
-            raise DataError(case.images[0], f"{image.shape[0]} channels, the model takes {first.in_channels}"
-                                            + hint)
+                if len(case.images) == 1 and first.image_channels > image.shape[0] else ""
+            raise DataError(case.images[0], f"{image.shape[0]} channels, the model takes "
+                                            f"{first.image_channels}" + hint)
         if geometry.spatial_dims != first.spatial_dims:
             raise DataError(case.images[0], f"{geometry.spatial_dims}D image, the model is "
                                             f"{first.spatial_dims}D")
-        preprocessor = preprocessor or Preprocessor.from_dict(first.preprocessing)
-        prepared = preprocessor(image, None, geometry)
-        scores, are_probabilities = _predict_probabilities(models, torch.from_numpy(prepared.image), settings,
-                                                           device)
-        scores = _revert_scores(scores.cpu(), preprocessor, prepared, first.label_mode, are_probabilities)
-        probabilities = None
-        if settings.save_probabilities:
-            probabilities = scores if are_probabilities else logits_to_probabilities(scores, first.label_mode)
-        convert = probabilities_to_labels if are_probabilities else logits_to_labels
-        labels = convert(scores, first.label_mode, settings.threshold)
-        del scores
-        labels = (labels[None] if labels.ndim == first.spatial_dims else labels).numpy()
-        processed = postprocess(labels[0] if labels.shape[0] == 1 else labels, first.label_mode,
-                                settings.postprocess, spacing=geometry.spacing)
-        labels = processed[None] if processed.ndim == first.spatial_dims else processed
-        _write_outputs(outputs, image, labels, geometry,
-                       None if probabilities is None else probabilities.numpy(), written)
+        labels, probabilities = predict_labels(models, image, geometry, settings, device, preprocessor)
+        _write_outputs(outputs, image, labels, geometry, probabilities, written)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
@@ -388,7 +437,7 @@ def predict_paths(checkpoints: Sequence[str | Path], input: str | Path, output: 
     input_path, output_path = Path(input), Path(output)
     if channels_suffix is None:
         channels_suffix = models[0].channels_suffix
-    cases = find_cases(input_path, models[0].in_channels, channels_suffix)
+    cases = find_cases(input_path, models[0].image_channels, channels_suffix)
     single_file = input_path.is_file() and image_extension(output_path) is not None
     folder = output_path.parent if single_file else output_path
     source_folder = input_path.parent if input_path.is_file() else input_path

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from medseg.data.instances import instance_targets_from_batch
 from medseg.engine.adversarial import build_adversary
+from medseg.engine.cascade import augment_with_coarse
 from medseg.engine.checkpoint import (
     epoch_checkpoint_path,
     load_checkpoint,
@@ -204,13 +205,16 @@ class Trainer:
                 scheduler=self.scheduler, scaler=self.scaler, best_score=self.best.score,
                 epochs_without_improvement=self.best.stale, extra=extra)
         saved = self.ema.module if self.ema is not None else self.model
-        return make_checkpoint(
+        ckpt = make_checkpoint(
             saved, name=self.config.model.name, in_channels=self.plan.in_channels,
             num_classes=self.plan.num_classes, spatial_dims=self.plan.spatial_dims, options=self.options,
             pointrend=pointrend_options(self.config), label_mode=self.config.data.label_mode,
             class_names=self.plan.class_names,
             preprocessing=self.plan.cache.preprocessor.to_dict(), inference=inference,
             config=config_to_dict(self.config), training=training)
+        if self.plan.cascade is not None:  # stage 2 of a cascade: predict runs the embedded stage 1 first
+            ckpt["cascade"] = self.plan.cascade
+        return ckpt
 
     def evaluated_model(self) -> nn.Module:
         """The model that is validated (and saved): the weight average with ``train.ema_decay``."""
@@ -278,7 +282,7 @@ class Trainer:
             label = label.to(self.device, non_blocking=True)
             if config.data.label_mode == "multilabel":
                 label = label.bool()
-            image, label = augmenter(image, label)
+            image, label = augment_with_coarse(augmenter, image, label, self.plan.coarse_channels)
             if self.multi_scale is not None:
                 image, label = self.multi_scale(image, label)
             if train.channels_last:
@@ -395,7 +399,7 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> 
             save_config(config, paths.config)
         barrier(ctx)
         try:
-            data = prepare_data(config, paths, ctx, resume, progress)
+            data = prepare_data(config, paths, ctx, resume, progress, device)
         except MedsegError:
             if ctx.is_main and not resume:  # bad data: leave no half-made run behind
                 discard_new_run(paths, created)
