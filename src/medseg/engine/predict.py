@@ -1,5 +1,9 @@
 """``medseg predict``: checkpoints + an image file or folder -> label maps in the source format and geometry.
 
+A ``medseg export`` file (TorchScript ``.pt``, ``.onnx``) may stand in for a checkpoint: it carries the
+checkpoint's classes, preprocessing and patch size (:mod:`medseg.engine.export`) and runs in the same
+sliding window.
+
 Per case (nnU-Net's ``predict_from_raw_data`` structure): read the image with its geometry, preprocess it
 with the checkpoint's :class:`~medseg.data.Preprocessor`, predict logits (whole image, or Gaussian-weighted
 sliding window when a patch size is known, slice by slice for 2.5D checkpoints (:mod:`medseg.data.slices`);
@@ -34,9 +38,15 @@ from medseg.data.geometry import DataError, Geometry
 from medseg.data.io import case_id, image_extension, lossless_mask_path, write_image, write_mask
 from medseg.data.preprocess import PreprocessedCase, Preprocessor
 from medseg.data.slices import SlicePredictor
-from medseg.engine.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+from medseg.engine.checkpoint import (
+    CheckpointError,
+    build_model_from_checkpoint,
+    checkpoint_patch_size,
+    load_checkpoint,
+)
 from medseg.engine.device import resolve_device
 from medseg.engine.display import OVERLAY_COLOURS, display_image, overlay_png  # noqa: F401 (re-exported)
+from medseg.engine.export import is_exported, load_exported
 from medseg.engine.inference import (
     PaddedPredictor,
     Predictor,
@@ -93,14 +103,6 @@ class LoadedModel:
         return SlicePredictor(padded, self.slice_axes, self.slices, self.label_mode, batch)
 
 
-def _patch_size(ckpt: Mapping[str, Any]) -> tuple[int, ...] | None:
-    """The sliding-window patch: ``inference.patch_size``, else the training patch ``data.patch_size``."""
-    patch = (ckpt.get("inference") or {}).get("patch_size")
-    if patch is None:
-        patch = ((ckpt.get("config") or {}).get("data") or {}).get("patch_size")
-    return None if patch is None else tuple(int(p) for p in patch)
-
-
 def load_models(checkpoints: Sequence[str | Path], device: torch.device) -> list[LoadedModel]:
     """Load the checkpoints (``weights_only``) and rebuild their networks on ``device``; an ensemble must
     share label mode, classes, channels, dimensionality and preprocessing (else an error naming the
@@ -109,27 +111,51 @@ def load_models(checkpoints: Sequence[str | Path], device: torch.device) -> list
         raise MedsegError("predict needs at least one checkpoint")
     loaded = []
     for path in map(Path, checkpoints):
+        if is_exported(path):
+            loaded.append(_load_exported(path, device))
+            continue
         ckpt = load_checkpoint(path)
         record = ckpt.get("model") or {}
         try:
             model = build_model_from_checkpoint(ckpt)
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
-        inference = dict(ckpt.get("inference") or {})
-        slices = inference.get("slices")
-        width = 1 if slices is None else 2 * int(slices) + 1
-        loaded.append(LoadedModel(
-            path=path, model=model.to(device).eval(), label_mode=str(ckpt.get("label_mode", "binary")),
-            class_names=ckpt.get("class_names"), in_channels=int(record["in_channels"]) // width,
-            num_classes=int(record["num_classes"]),
-            spatial_dims=int(record["spatial_dims"]) if slices is None else 3,
-            preprocessing=dict(ckpt.get("preprocessing") or {}), inference=inference,
-            patch_size=_patch_size(ckpt) if slices is None else None,
-            channels_suffix=((ckpt.get("config") or {}).get("data") or {}).get("channels_suffix"),
-            slices=None if slices is None else int(slices),
-            slice_axes=tuple(int(a) for a in inference.get("slice_axes") or ())))
+        loaded.append(_loaded_model(
+            path, model.to(device).eval(), record, label_mode=ckpt.get("label_mode", "binary"),
+            class_names=ckpt.get("class_names"), preprocessing=ckpt.get("preprocessing"),
+            inference=ckpt.get("inference"), patch_size=checkpoint_patch_size(ckpt),
+            channels_suffix=((ckpt.get("config") or {}).get("data") or {}).get("channels_suffix")))
     _check_compatible(loaded)
     return loaded
+
+
+def _loaded_model(path: Path, model: nn.Module, record: Mapping[str, Any], *, label_mode: str,
+                  class_names: list[str] | None, preprocessing: Mapping[str, Any] | None,
+                  inference: Mapping[str, Any] | None, patch_size: Sequence[int] | None,
+                  channels_suffix: bool | None) -> LoadedModel:
+    """A :class:`LoadedModel` from the model record and facts of a checkpoint or an export (2.5D
+    checkpoints: the images' channels and dimensionality, no patch)."""
+    inference = dict(inference or {})
+    slices = inference.get("slices")
+    width = 1 if slices is None else 2 * int(slices) + 1
+    return LoadedModel(
+        path=path, model=model, label_mode=str(label_mode), class_names=class_names,
+        in_channels=int(record["in_channels"]) // width, num_classes=int(record["num_classes"]),
+        spatial_dims=int(record["spatial_dims"]) if slices is None else 3,
+        preprocessing=dict(preprocessing or {}), inference=inference,
+        patch_size=tuple(int(p) for p in patch_size) if patch_size is not None and slices is None else None,
+        channels_suffix=channels_suffix, slices=None if slices is None else int(slices),
+        slice_axes=tuple(int(a) for a in inference.get("slice_axes") or ()))
+
+
+def _load_exported(path: Path, device: torch.device) -> LoadedModel:
+    """A ``medseg export`` file (TorchScript ``.pt`` / ``.onnx``) with the checkpoint facts it stores."""
+    model = load_exported(path, device)
+    meta = model.metadata
+    return _loaded_model(path, model, meta["model"], label_mode=meta.get("label_mode", "binary"),
+                         class_names=meta.get("class_names"), preprocessing=meta.get("preprocessing"),
+                         inference=meta.get("inference"), patch_size=meta.get("patch_size"),
+                         channels_suffix=meta.get("channels_suffix"))
 
 
 def _check_compatible(models: Sequence[LoadedModel]) -> None:
