@@ -174,7 +174,7 @@ def _write_torchscript(model: nn.Module, example: Tensor, path: Path, metadata: 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(_LogitsOnly(model).eval(), example, check_trace=False)
-    torch.jit.save(traced, str(path), _extra_files={METADATA_NAME: metadata})
+        torch.jit.save(traced, str(path), _extra_files={METADATA_NAME: metadata})
 
 
 def _write_onnx(model: nn.Module, example: Tensor, path: Path, metadata: str, opset: int,
@@ -244,7 +244,9 @@ def _onnx_runner(path: Path, device: torch.device) -> tuple[Runner, dict[str, An
         raise ExportError(f"exported model {path}: running ONNX needs onnxruntime "
                           "(pip install 'medseg[export]')") from None
     try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 4  # failures become ExportError lines, not runtime log output
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise ExportError(f"exported model {path} cannot be read by onnxruntime: "
                           f"{_first_line(exc)}") from None
@@ -261,7 +263,9 @@ def _onnx_runner(path: Path, device: torch.device) -> tuple[Runner, dict[str, An
 def _torchscript_runner(path: Path, device: torch.device) -> tuple[Runner, dict[str, Any]]:
     extra = {METADATA_NAME: ""}
     try:
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, still supported
+            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except Exception as exc:  # noqa: BLE001 - any failure to read the archive means an unusable file
         raise ExportError(f"exported model {path} cannot be read as TorchScript: "
                           f"{_first_line(exc)}") from None
@@ -419,7 +423,7 @@ def _export_and_check(model: nn.Module, ckpt: Mapping[str, Any], fmt: str, tmp: 
         exported = load_exported(tmp, fmt=fmt)
         first = _difference(model, exported, shape, 0)
         if first is None or first > TOLERANCE:
-            failure = "fails to run" if first is None else f"max abs diff {first:.3g} > {TOLERANCE:g}"
+            failure = "fails to run" if first is None else f"max abs diff {first:.2e} > {TOLERANCE:.0e}"
             continue
         if extra_shape is None:
             return ExportResult(tmp, fmt, False, False, size, first, [shape])
@@ -428,7 +432,7 @@ def _export_and_check(model: nn.Module, ckpt: Mapping[str, Any], fmt: str, tmp: 
             return ExportResult(tmp, fmt, dynamic_batch, dynamic_spatial, size, max(first, other),
                                 [shape, extra_shape])
         logger.info("%s export of %s: input %s %s; trying fewer dynamic axes", fmt, source, list(extra_shape),
-                    "fails" if other is None else f"differs by {other:.3g}")
+                    "fails" if other is None else f"differs by {other:.2e}")
     name = ckpt["model"].get("name")
     raise ExportError(f"checkpoint {source}: the {fmt} export of model {name!r} does not match PyTorch on "
                       f"input {list(shape)}: {failure}")
