@@ -402,7 +402,7 @@ def _export_and_check(model: nn.Module, ckpt: Mapping[str, Any], fmt: str, tmp: 
     same_size_batch = (2, *shape[1:])
     levels = [(True, True, second), (True, False, same_size_batch), (False, False, None)]
     runnable = check and (fmt == "torchscript" or _can_run_onnx())
-    failure = ""
+    failure = export_failure = ""
     for dynamic_batch, dynamic_spatial, extra_shape in levels:
         metadata = _to_json(_metadata(ckpt, model, fmt, size, dynamic_batch, dynamic_spatial, opset))
         example = _random(shape, 0)
@@ -415,8 +415,11 @@ def _export_and_check(model: nn.Module, ckpt: Mapping[str, Any], fmt: str, tmp: 
         except ExportError:
             raise
         except Exception as exc:  # noqa: BLE001 - tracers and exporters raise many kinds of errors
-            raise ExportError(f"checkpoint {source}: model {ckpt['model'].get('name')!r} cannot be exported "
-                              f"to {fmt}: {_first_line(exc)}") from None
+            # e.g. adaptive pooling to a fixed grid exports to ONNX only for fixed input sizes
+            export_failure = _first_line(exc)
+            logger.info("%s export of %s with dynamic batch %s, spatial %s fails: %s", fmt, source,
+                        dynamic_batch, dynamic_spatial, export_failure)
+            continue
         if not runnable:
             note = "not checked (onnxruntime is not installed)" if check else "not checked"
             return ExportResult(tmp, fmt, True, True, size, None, [], note)
@@ -434,5 +437,8 @@ def _export_and_check(model: nn.Module, ckpt: Mapping[str, Any], fmt: str, tmp: 
         logger.info("%s export of %s: input %s %s; trying fewer dynamic axes", fmt, source, list(extra_shape),
                     "fails" if other is None else f"differs by {other:.2e}")
     name = ckpt["model"].get("name")
+    if export_failure and not failure:
+        raise ExportError(f"checkpoint {source}: model {name!r} cannot be exported to {fmt}: "
+                          f"{export_failure}")
     raise ExportError(f"checkpoint {source}: the {fmt} export of model {name!r} does not match PyTorch on "
                       f"input {list(shape)}: {failure}")
