@@ -143,7 +143,7 @@ def test_failed_check_leaves_no_file_and_keeps_the_previous_export(tmp_path: Pat
     ckpt = tiny_checkpoint(tmp_path / "m.pt")
     out = tmp_path / "m.torchscript.pt"
     out.write_bytes(b"previous export")
-    monkeypatch.setattr(export_module, "_difference", lambda *args: 0.5)  # an export that does not match
+    monkeypatch.setattr(export_module, "_difference", lambda *args: (0.5, 2.0))  # does not match
     assert main(["export", str(ckpt), "--torchscript"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not match PyTorch" in err and "max abs diff 5.00e-01" in err
