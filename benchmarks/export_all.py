@@ -2,7 +2,9 @@
 TorchScript and ONNX, checked against PyTorch (:mod:`medseg.engine.export`), plus a U-Net wrapped in
 PointRend. Writes the table behind the README's list of models that do not export.
 
-Each model is saved as a medseg checkpoint (1 input channel, 2 for BPR; 2 classes, multiclass) with
+Each model (its builder's initialisation, every all-zero parameter tensor (biases, FCN's score layers) drawn
+from N(0, 0.01) so that the check compares non-zero logits) is saved as a medseg checkpoint (1 input
+channel, 2 for BPR; 2 classes, multiclass) with
 ``inference.patch_size`` the smallest valid size >= 32 (2D) or >= 16 (3D), the size the shared model
 test uses, and exported with the default opset.
 
@@ -68,6 +70,10 @@ def checkpoint_of(name: str, dims: int, folder: Path) -> Path:
     channels, classes = (2 if base == "bpr" else 1), 2
     torch.manual_seed(0)
     model = create_model(base, in_channels=channels, num_classes=classes, spatial_dims=dims, **options)
+    with torch.no_grad():  # FCN's score layers start at zero: give every all-zero tensor small values
+        for parameter in model.parameters():
+            if parameter.numel() and not parameter.any():
+                parameter.normal_(0.0, 0.01)
     pointrend = {} if name == POINTREND else None
     if pointrend is not None:
         model = wrap_pointrend(model, pointrend, num_classes=classes)
@@ -148,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; wall time "
         f"{time.time() - started:.0f} s; load average (1 min) {load_before[0]:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end", "",
-        "Small options of each model (random weights, 2 classes), exported at the patch size given in "
+        "Small options of each model (random weights, all-zero tensors drawn from N(0, 0.01); 2 classes), "
+        "exported at the patch size given in "
         "the table's dynamic column when fixed, else checked at that size (batch 1) and at one input "
         "multiple larger per axis (batch 2); max abs diff: the largest of the checks, tolerance 1e-4 + "
         "1e-5 x max abs logit (random weights give some models logits of 1e6). "
