@@ -20,12 +20,14 @@ from medseg.models.registry import list_models  # noqa: E402
 
 
 def readme_exceptions() -> dict[str, set[str]]:
-    """``{model: {formats}}`` from the README's lines ``- `model` (torchscript, onnx): reason``."""
+    """``{model: {formats}}`` from the README's lines ``- `model`, `other` (torchscript, onnx): reason``."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text.split("#### Export", 1)[1].split("\n#", 1)[0]
     listed: dict[str, set[str]] = {}
-    for name, formats in re.findall(r"^- `([\w+]+)` \(([a-z, ]+)\):", section, flags=re.MULTILINE):
-        listed[name] = {f.strip() for f in formats.split(",")}
+    line = re.compile(r"^- ((?:`[\w+]+`(?:, )?)+) \(([a-z, ]+)\):", flags=re.MULTILINE)
+    for names, formats in line.findall(section):
+        for name in re.findall(r"`([\w+]+)`", names):
+            listed[name] = {f.strip() for f in formats.split(",")}
     return listed
 
 
@@ -33,6 +35,7 @@ def test_readme_lists_only_registered_models() -> None:
     listed = readme_exceptions()
     assert listed, "the README's export section lists no model"
     assert set(listed) <= {*list_models(), export_all.POINTREND}
+    assert listed["unext_s"] == {"onnx"} and listed["enet"] == {"torchscript", "onnx"}
 
 
 @pytest.mark.slow
