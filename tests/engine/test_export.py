@@ -7,6 +7,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -168,3 +169,18 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys) -> None:
     (tmp_path / "broken.onnx").write_bytes(b"not onnx")
     assert main(["predict", str(tmp_path / "broken.onnx"), str(ckpt), str(tmp_path / "out")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_2p5d_checkpoint_exports_and_predicts_volumes_slice_by_slice(tmp_path: Path) -> None:
+    """The 2.5D facts (``inference.slices``, ``slice_axes``) travel in the metadata: same labels."""
+    ckpt = tiny_checkpoint(tmp_path / "m.pt", in_channels=3, num_classes=3, mode="multiclass",
+                           inference={"mirror": False, "slices": 1, "slice_axes": [0, 1, 2]})
+    exported = export_checkpoint(ckpt, "torchscript").path
+    volume = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(3).normal(size=(9, 12, 10)).astype(np.float32), np.eye(4)),
+             volume)
+    a = predict_paths([ckpt], volume, tmp_path / "a", progress=False)[0]
+    b = predict_paths([exported], volume, tmp_path / "b", progress=False)[0]
+    labels = read_mask(b)[0]
+    assert labels.shape[0] == 1 and sorted(labels.shape[1:]) == [9, 10, 12]
+    np.testing.assert_array_equal(read_mask(a)[0], labels)
