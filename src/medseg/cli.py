@@ -381,7 +381,8 @@ def _step(text: str) -> float:
 
 def configure_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", type=Path, metavar="CHECKPOINT [CHECKPOINT ...] INPUT OUTPUT",
-                        help="one or more checkpoints (several: an ensemble averaging probabilities), "
+                        help="one or more checkpoints or exported models (medseg export: TorchScript "
+                             ".pt, .onnx; several: an ensemble averaging probabilities), "
                              "the input image file or folder, and the output folder "
                              "(or file, for one input file)")
     parser.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation")
@@ -441,6 +442,34 @@ def run_predict(args: argparse.Namespace) -> int:
                             channels_suffix=args.channels_suffix, instances_json=args.instances_json)
     print(f"{PROG}: wrote {len(written)} predictions to {Path(target) if len(written) != 1 else written[0]}",
           file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# medseg export
+# ----------------------------------------------------------------------------------------------------
+
+def configure_export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a medseg checkpoint (best.pt)")
+    kind = parser.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--torchscript", action="store_const", const="torchscript", dest="format",
+                      help="TorchScript (torch.jit.trace), default output CHECKPOINT.torchscript.pt")
+    kind.add_argument("--onnx", action="store_const", const="onnx", dest="format",
+                      help="ONNX (needs the onnx package; checked with onnxruntime when installed), "
+                           "default output CHECKPOINT.onnx")
+    parser.add_argument("--opset", type=_positive_int, default=None, metavar="N",
+                        help="ONNX opset version (default: 17)")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE", help="where to write the export")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from medseg.engine.export import export_checkpoint
+
+    result = export_checkpoint(args.checkpoint, args.format, args.out, opset=args.opset)
+    sizes = "dynamic sizes" if result.dynamic_spatial else f"fixed size {list(result.export_size)}"
+    checked = result.note or (f"max abs diff to PyTorch {result.max_abs_diff:.1e} on inputs "
+                              + ", ".join(str(list(s)) for s in result.checked_shapes))
+    print(f"{PROG}: wrote {result.path} ({result.format}, {sizes}; {checked})", file=sys.stderr)
     return 0
 
 
@@ -563,6 +592,8 @@ COMMANDS: tuple[Command, ...] = (
             configure_train, run_train),
     Command("predict", "predict images with one checkpoint or an ensemble: masks in the source format",
             configure_predict, run_predict),
+    Command("export", "export a checkpoint to TorchScript or ONNX (checked against PyTorch) for predict",
+            configure_export, run_export),
     Command("refine", "BPR: refine coarse masks along their boundaries (refine prepare: training patches)",
             configure_refine, run_refine),
     Command("demo", "synthetic 2D data, a few minutes of CPU training, prediction and evaluation report",

@@ -274,9 +274,11 @@ def resize_to(x: Tensor, size: list[int], mode: str = "linear", align_corners: b
     only), as preprocessing and whole-image inference do. ``size`` may be a list or a ``torch.Size``;
     the annotation is ``list[int]`` for TorchScript. Labels: :func:`resize_labels`.
     """
-    size = [int(s) for s in size]
-    if list(x.shape[2:]) == size:
-        return x
+    tracing = torch.jit.is_tracing()  # medseg export: keep sizes symbolic and the graph free of shortcuts
+    if not tracing:
+        size = [int(s) for s in size]
+        if list(x.shape[2:]) == size:
+            return x
     torch_mode = interpolation_mode(x.dim() - 2, mode)
     if torch_mode in ("nearest", "nearest-exact", "area"):
         return F.interpolate(x, size=list(size), mode=torch_mode)

@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CHECKPOINT_FORMAT", "CheckpointError", "CheckpointPaths", "InitReport", "ResumeState",
-    "build_model_from_checkpoint", "capture_rng_state", "checkpoint_paths", "epoch_checkpoint_path",
+    "build_model_from_checkpoint", "capture_rng_state", "checkpoint_patch_size", "checkpoint_paths",
+    "epoch_checkpoint_path",
     "load_checkpoint", "load_initial_weights", "load_model_weights", "make_checkpoint", "read_model_weights",
     "restore_rng_state", "restore_training_state", "save_checkpoint", "training_state", "unwrap_model",
 ]
@@ -310,6 +311,14 @@ def load_initial_weights(model: nn.Module, path: str | Path, *, skip_mismatched:
     usable = {k: v.to(own[k].dtype) for k, v in weights.items() if k not in differ}
     target.load_state_dict(usable, strict=False)
     return InitReport(len(usable), mismatched)
+
+
+def checkpoint_patch_size(ckpt: Mapping[str, Any]) -> tuple[int, ...] | None:
+    """The sliding-window patch: ``inference.patch_size``, else the training patch ``data.patch_size``."""
+    patch = (ckpt.get("inference") or {}).get("patch_size")
+    if patch is None:
+        patch = ((ckpt.get("config") or {}).get("data") or {}).get("patch_size")
+    return None if patch is None else tuple(int(p) for p in patch)
 
 
 def build_model_from_checkpoint(ckpt: Mapping[str, Any] | str | Path) -> nn.Module:

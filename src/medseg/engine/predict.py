@@ -1,5 +1,9 @@
 """``medseg predict``: checkpoints + an image file or folder -> label maps in the source format and geometry.
 
+A ``medseg export`` file (TorchScript ``.pt``, ``.onnx``) may stand in for a checkpoint: it carries the
+checkpoint's classes, preprocessing and patch size (:mod:`medseg.engine.export`) and runs in the same
+sliding window.
+
 Per case (nnU-Net's ``predict_from_raw_data`` structure): read the image with its geometry, preprocess it
 with the checkpoint's :class:`~medseg.data.Preprocessor`, predict logits (whole image, or Gaussian-weighted
 sliding window when a patch size is known, slice by slice for 2.5D checkpoints (:mod:`medseg.data.slices`);
@@ -35,9 +39,15 @@ from medseg.data.io import case_id, image_extension, lossless_mask_path, write_i
 from medseg.data.preprocess import PreprocessedCase, Preprocessor
 from medseg.data.slices import SlicePredictor
 from medseg.engine.cascade import coarse_channel_count, coarse_onehot
-from medseg.engine.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+from medseg.engine.checkpoint import (
+    CheckpointError,
+    build_model_from_checkpoint,
+    checkpoint_patch_size,
+    load_checkpoint,
+)
 from medseg.engine.device import resolve_device
 from medseg.engine.display import OVERLAY_COLOURS, display_image, overlay_png  # noqa: F401 (re-exported)
+from medseg.engine.export import is_exported, load_exported
 from medseg.engine.inference import (
     PaddedPredictor,
     Predictor,
@@ -108,21 +118,14 @@ class LoadedModel:
         return self.in_channels - self.coarse_channels
 
 
-def _patch_size(ckpt: Mapping[str, Any]) -> tuple[int, ...] | None:
-    """The sliding-window patch: ``inference.patch_size``, else the training patch ``data.patch_size``."""
-    patch = (ckpt.get("inference") or {}).get("patch_size")
-    if patch is None:
-        patch = ((ckpt.get("config") or {}).get("data") or {}).get("patch_size")
-    return None if patch is None else tuple(int(p) for p in patch)
-
-
 def load_models(checkpoints: Sequence[str | Path], device: torch.device) -> list[LoadedModel]:
     """Load the checkpoints (``weights_only``) and rebuild their networks on ``device``; an ensemble must
     share label mode, classes, channels, dimensionality and preprocessing (else an error naming the
     checkpoint)."""
     if not checkpoints:
         raise MedsegError("predict needs at least one checkpoint")
-    loaded = [loaded_model(path, load_checkpoint(path), device) for path in map(Path, checkpoints)]
+    loaded = [_load_exported(path, device) if is_exported(path)
+              else loaded_model(path, load_checkpoint(path), device) for path in map(Path, checkpoints)]
     _check_compatible(loaded)
     return loaded
 
@@ -130,7 +133,6 @@ def load_models(checkpoints: Sequence[str | Path], device: torch.device) -> list
 def loaded_model(path: Path, ckpt: Mapping[str, Any], device: torch.device) -> LoadedModel:
     """The network of a loaded checkpoint on ``device`` with its records; a cascade's stage 2 with its
     embedded stage 1 (``ckpt["cascade"]["stage1"]``)."""
-    record = ckpt.get("model") or {}
     try:
         model = build_model_from_checkpoint(ckpt)
     except CheckpointError as exc:
@@ -141,19 +143,40 @@ def loaded_model(path: Path, ckpt: Mapping[str, Any], device: torch.device) -> L
         if not isinstance(cascade.get("stage1"), Mapping):
             raise CheckpointError(f"checkpoint {path}: a cascade record without its stage-1 checkpoint")
         stage1 = loaded_model(Path(f"{path}#stage1"), cascade["stage1"], device)
-    inference = dict(ckpt.get("inference") or {})
+    return _loaded_model(
+        path, model.to(device).eval(), ckpt.get("model") or {}, label_mode=ckpt.get("label_mode", "binary"),
+        class_names=ckpt.get("class_names"), preprocessing=ckpt.get("preprocessing"),
+        inference=ckpt.get("inference"), patch_size=checkpoint_patch_size(ckpt),
+        channels_suffix=((ckpt.get("config") or {}).get("data") or {}).get("channels_suffix"), stage1=stage1)
+
+
+def _loaded_model(path: Path, model: nn.Module, record: Mapping[str, Any], *, label_mode: str,
+                  class_names: list[str] | None, preprocessing: Mapping[str, Any] | None,
+                  inference: Mapping[str, Any] | None, patch_size: Sequence[int] | None,
+                  channels_suffix: bool | None, stage1: LoadedModel | None = None) -> LoadedModel:
+    """A :class:`LoadedModel` from the model record and facts of a checkpoint or an export (2.5D
+    checkpoints: the images' channels and dimensionality, no patch)."""
+    inference = dict(inference or {})
     slices = inference.get("slices")
     width = 1 if slices is None else 2 * int(slices) + 1
     return LoadedModel(
-        path=path, model=model.to(device).eval(), label_mode=str(ckpt.get("label_mode", "binary")),
-        class_names=ckpt.get("class_names"), in_channels=int(record["in_channels"]) // width,
-        num_classes=int(record["num_classes"]),
+        path=path, model=model, label_mode=str(label_mode), class_names=class_names,
+        in_channels=int(record["in_channels"]) // width, num_classes=int(record["num_classes"]),
         spatial_dims=int(record["spatial_dims"]) if slices is None else 3,
-        preprocessing=dict(ckpt.get("preprocessing") or {}), inference=inference,
-        patch_size=_patch_size(ckpt) if slices is None else None,
-        channels_suffix=((ckpt.get("config") or {}).get("data") or {}).get("channels_suffix"), stage1=stage1,
-        slices=None if slices is None else int(slices),
+        preprocessing=dict(preprocessing or {}), inference=inference,
+        patch_size=tuple(int(p) for p in patch_size) if patch_size is not None and slices is None else None,
+        channels_suffix=channels_suffix, stage1=stage1, slices=None if slices is None else int(slices),
         slice_axes=tuple(int(a) for a in inference.get("slice_axes") or ()))
+
+
+def _load_exported(path: Path, device: torch.device) -> LoadedModel:
+    """A ``medseg export`` file (TorchScript ``.pt`` / ``.onnx``) with the checkpoint facts it stores."""
+    model = load_exported(path, device)
+    meta = model.metadata
+    return _loaded_model(path, model, meta["model"], label_mode=meta.get("label_mode", "binary"),
+                         class_names=meta.get("class_names"), preprocessing=meta.get("preprocessing"),
+                         inference=meta.get("inference"), patch_size=meta.get("patch_size"),
+                         channels_suffix=meta.get("channels_suffix"))
 
 
 def _check_compatible(models: Sequence[LoadedModel]) -> None:
