@@ -20,10 +20,9 @@ import torch.multiprocessing as mp
 
 from helpers import tiny_config
 from medseg.data import write_polyp_dataset
+from medseg.data.loader import epoch_order
 from medseg.engine import trainer as trainer_module
 from medseg.engine.config import config_from_dict
-
-pytestmark = pytest.mark.slow
 
 
 def _free_port() -> int:
@@ -64,6 +63,18 @@ def _worker(rank: int, world: int, port: int, config: dict, tmp: str) -> None:
     _train_recording(config, Path(tmp) / f"losses{rank}.json")
 
 
+@pytest.mark.parametrize("n, world, batch", [(12, 2, 2), (13, 2, 3), (20, 4, 2)])
+def test_ranks_batches_together_are_the_single_process_batch(n: int, world: int, batch: int) -> None:
+    single = epoch_order(n, seed=3, epoch=1)
+    ranks = [epoch_order(n, seed=3, epoch=1, rank=r, world_size=world) for r in range(world)]
+    steps = n // world // batch
+    assert steps >= 1 and all(len(r) == n // world for r in ranks)
+    for i in range(steps):
+        together = sorted(int(k) for r in ranks for k in r[i * batch:(i + 1) * batch])
+        assert together == sorted(single[i * world * batch:(i + 1) * world * batch].tolist())
+
+
+@pytest.mark.slow
 def test_two_ranks_at_batch_two_match_one_process_at_batch_four(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # `helpers` in the children
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
