@@ -241,7 +241,7 @@ def main() -> None:
         f" --{k} {v}" for k, v in (("cases-2d", args.cases_2d), ("cases-3d", args.cases_3d),
                                   ("size-2d", args.size_2d), ("size-3d", args.size_3d)))
     notes = [
-        "2-core Intel Xeon CPU, shared with other jobs",
+        f"{os.cpu_count()}-core CPU (named on the machine line), shared with other jobs (load average below)",
         f"date: {date}", f"command: `{command}`", f"whole benchmark wall time: {wall:.0f} s",
         "torch threads: 1 per process (OMP_NUM_THREADS=1); --workers 2 adds 2 reader threads and 1 writer "
         "thread to the process; the peer's DataLoader workers are processes of 1 thread each",

@@ -42,6 +42,7 @@ from medseg.engine.distributed import (
     DistributedContext,
     abort_distributed,
     all_reduce_sum,
+    barrier,
     init_distributed,
     rank_device,
     shutdown_distributed,
@@ -458,6 +459,7 @@ def predict_paths(checkpoints: Sequence[str | Path], input: str | Path, output: 
     """
     workers = check_workers(workers)
     torch_device = resolve_device(device, key="--device")
+    joined_here = not torch.distributed.is_initialized()  # a caller's own process group is left to it
     ctx = init_distributed(torch_device.type)
     try:
         masks = _predict_paths(checkpoints, Path(input), Path(output), ctx,
@@ -466,9 +468,13 @@ def predict_paths(checkpoints: Sequence[str | Path], input: str | Path, output: 
                                postprocess=postprocess, progress=progress, channels_suffix=channels_suffix,
                                instances_json=instances_json, workers=workers, overwrite=overwrite)
     except BaseException:
-        abort_distributed(ctx)
+        if joined_here:
+            abort_distributed(ctx)
         raise
-    shutdown_distributed(ctx)
+    if joined_here:
+        shutdown_distributed(ctx)
+    else:
+        barrier(ctx)
     return masks
 
 
