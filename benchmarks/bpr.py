@@ -115,7 +115,8 @@ def polyp(args: argparse.Namespace, out: Path) -> tuple[list[str], list[str]]:
     unet_result = train(unet, progress=False)
     for split in ("train", "test"):
         predict_paths([unet_result.best_checkpoint], out / "kvasir" / split / "images",
-                      out / "coarse" / split, overlays=False, device=args.device, progress=False)
+                      out / "coarse" / split, overlays=False, device=args.device, progress=False,
+                      overwrite=True)
     summary = prepare_patches(out / "coarse" / "train", out / "kvasir" / "train", out / "patches",
                               patch_size=args.patch_size, progress=False)
     bpr_result = train(bpr_config(out / "patches", out / "bpr", args, "bpr-polyp.yaml"), progress=False)

@@ -119,7 +119,7 @@ def run_model(model: str, args: argparse.Namespace, out: Path, splits: Path, ima
     print(f"== {model}: predicting {images}", file=sys.stderr)
     started = time.perf_counter()
     predict_paths([checkpoint], images, predictions, overlays=False, device="cpu", progress=False,
-                  instances_json=model == "maskrcnn")
+                  instances_json=model == "maskrcnn", overwrite=True)
     predict_minutes = (time.perf_counter() - started) / 60.0
     summary = evaluate_instance_folders(predictions, masks, out_dir=run_dir / "evaluation",
                                         progress=False).data

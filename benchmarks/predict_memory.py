@@ -72,7 +72,7 @@ def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     predict_paths([args.checkpoint], args.image, args.output, tta=False, step=args.step, device="cpu",
-                  progress=False)
+                  progress=False, overwrite=True)
     print(json.dumps({"peak_rss": peak_rss_bytes(), "seconds": time.perf_counter() - start}))
 
 

@@ -327,7 +327,7 @@ def run_model(task: Task, model: str, budget: Budget, out: Path, splits_file: Pa
     print(f"== {model}: predicting {test_images}", file=sys.stderr)
     predictions = run_dir / "predictions"
     predict_paths([checkpoint], test_images, predictions, save_probabilities=task.probability_maps,
-                  overlays=False, device=budget.device, progress=progress)
+                  overlays=False, device=budget.device, progress=progress, overwrite=True)
     evaluated = probability_maps(predictions, run_dir / "probabilities") if task.probability_maps \
         else predictions
     metrics = list(dict.fromkeys(c.metric for c in task.columns))

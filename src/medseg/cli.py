@@ -411,6 +411,11 @@ def configure_predict(parser: argparse.ArgumentParser) -> None:
                         help="instance checkpoints (Mask R-CNN): also write {case}_instances.json with the "
                              "scores, labels and boxes of the instances")
     _add_channels_suffix(parser)
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="N threads read and preprocess ahead of the network while a writer thread "
+                             "writes behind it (default: 0, one case after the other; same files)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="predict again the cases whose outputs all exist (default: skip them)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -439,9 +444,11 @@ def run_predict(args: argparse.Namespace) -> int:
     written = predict_paths(checkpoints, source, target, tta=False if args.no_tta else None, step=args.step,
                             save_probabilities=args.probabilities, overlays=not args.no_overlays,
                             postprocess=options, device=args.device, progress=not args.no_progress,
-                            channels_suffix=args.channels_suffix, instances_json=args.instances_json)
-    print(f"{PROG}: wrote {len(written)} predictions to {Path(target) if len(written) != 1 else written[0]}",
-          file=sys.stderr)
+                            channels_suffix=args.channels_suffix, instances_json=args.instances_json,
+                            workers=args.workers, overwrite=args.overwrite)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: one line for the whole job
+        print(f"{PROG}: {len(written)} predictions in {Path(target) if len(written) != 1 else written[0]}",
+              file=sys.stderr)
     return 0
 
 

@@ -14,7 +14,9 @@ a PNG overlay for 2D images.
 
 Every output file is written atomically; when a case fails, the files already written for it are removed,
 so no partial case remains. A killed run leaves only complete files (and perhaps hidden temporaries, which
-the next run removes when it writes that case again); running the command again rewrites every case.
+the next run removes when it writes that case again); running the command again skips the cases whose
+every output exists (``overwrite`` rewrites them). Sharding across ``torchrun`` ranks and overlapped
+reading / inference / writing (``workers``): :mod:`medseg.engine.predict_scale`.
 Errors are :class:`~medseg.errors.MedsegError` (one line, exit 2 on the CLI).
 """
 
@@ -47,6 +49,15 @@ from medseg.engine.checkpoint import (
 )
 from medseg.engine.device import resolve_device
 from medseg.engine.display import OVERLAY_COLOURS, display_image, overlay_png  # noqa: F401 (re-exported)
+from medseg.engine.distributed import (
+    DistributedContext,
+    abort_distributed,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    rank_device,
+    shutdown_distributed,
+)
 from medseg.engine.export import is_exported, load_exported
 from medseg.engine.inference import (
     PaddedPredictor,
@@ -58,6 +69,7 @@ from medseg.engine.inference import (
     probabilities_to_labels,
 )
 from medseg.engine.postprocess import PostprocessOptions, postprocess
+from medseg.engine.predict_scale import case_is_finished, check_workers, run_pipelined, shard
 from medseg.errors import MedsegError
 from medseg.fileio import remove_stale_temporaries_of, write_bytes_atomically
 
@@ -355,24 +367,25 @@ def _stage1_settings(stage1: LoadedModel) -> PredictSettings:
     return settings
 
 
-def predict_labels(models: Sequence[LoadedModel], image: np.ndarray, geometry: Geometry,
-                   settings: PredictSettings, device: torch.device, preprocessor: Preprocessor | None = None
-                   ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Label maps ``[1 or C, *spatial]`` on the source grid of an image ``[C, *spatial]`` (and the
-    probabilities when ``settings.save_probabilities``): preprocess, predict, map the scores back to the
-    source grid, convert to labels and postprocess. A cascade's stage 2 first predicts the stage-1 labels
-    and appends them one-hot to the image (:mod:`medseg.engine.cascade`). From the preprocessed image to
-    the labels everything stays in torch (only resampling to a source spacing goes through scipy)."""
+def _with_coarse(models: Sequence[LoadedModel], image: np.ndarray, geometry: Geometry,
+                 device: torch.device) -> np.ndarray:
+    """The image; for a cascade's stage 2, with stage 1's labels appended one-hot
+    (:mod:`medseg.engine.cascade`)."""
     first = models[0]
-    if first.stage1 is not None:
-        coarse, _ = predict_labels([first.stage1], image, geometry, _stage1_settings(first.stage1), device)
-        image = np.concatenate([image.astype(np.float32, copy=False),
-                                coarse_onehot(coarse, first.label_mode, first.num_classes)])
-    preprocessor = preprocessor or Preprocessor.from_dict(first.preprocessing)
-    prepared = preprocessor(image, None, geometry)
-    scores, are_probabilities = _predict_probabilities(models, torch.from_numpy(prepared.image), settings,
-                                                       device)
-    scores = _revert_scores(scores.cpu(), preprocessor, prepared, first.label_mode, are_probabilities)
+    if first.stage1 is None:
+        return image
+    coarse, _ = predict_labels([first.stage1], image, geometry, _stage1_settings(first.stage1), device)
+    return np.concatenate([image.astype(np.float32, copy=False),
+                           coarse_onehot(coarse, first.label_mode, first.num_classes)])
+
+
+def _scores_to_labels(models: Sequence[LoadedModel], scores: Tensor, are_probabilities: bool,
+                      prepared: PreprocessedCase, geometry: Geometry, settings: PredictSettings,
+                      preprocessor: Preprocessor) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scores back to the source grid, labels ``[1 or C, *spatial]`` (postprocessed) and the probabilities
+    when ``settings.save_probabilities``."""
+    first = models[0]
+    scores = _revert_scores(scores, preprocessor, prepared, first.label_mode, are_probabilities)
     probabilities = None
     if settings.save_probabilities:
         probabilities = scores if are_probabilities else logits_to_probabilities(scores, first.label_mode)
@@ -386,28 +399,66 @@ def predict_labels(models: Sequence[LoadedModel], image: np.ndarray, geometry: G
     return labels, None if probabilities is None else probabilities.numpy()
 
 
-def predict_case(models: Sequence[LoadedModel], case: Case, outputs: CaseOutputs, settings: PredictSettings,
-                 device: torch.device, preprocessor: Preprocessor | None = None) -> Path:
-    """Predict one case (:func:`predict_labels`) and write its outputs; on failure the files written for
-    it are removed.
+def predict_labels(models: Sequence[LoadedModel], image: np.ndarray, geometry: Geometry,
+                   settings: PredictSettings, device: torch.device, preprocessor: Preprocessor | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Label maps ``[1 or C, *spatial]`` on the source grid of an image ``[C, *spatial]`` (and the
+    probabilities when ``settings.save_probabilities``): preprocess, predict, map the scores back to the
+    source grid, convert to labels and postprocess. A cascade's stage 2 first predicts the stage-1 labels
+    and appends them one-hot to the image. From the preprocessed image to the labels everything stays in
+    torch (only resampling to a source spacing goes through scipy)."""
+    preprocessor = preprocessor or Preprocessor.from_dict(models[0].preprocessing)
+    prepared = preprocessor(_with_coarse(models, image, geometry, device), None, geometry)
+    scores, are_probabilities = _predict_probabilities(models, torch.from_numpy(prepared.image), settings,
+                                                       device)
+    return _scores_to_labels(models, scores.cpu(), are_probabilities, prepared, geometry, settings,
+                             preprocessor)
 
-    ``preprocessor``: the checkpoints' preprocessing, built once per run (default: built here). The
-    case is read as training reads cases (:func:`~medseg.data.cases.read_case`).
-    """
+
+@dataclass
+class ReadCase:
+    """A case read and preprocessed (the first stage of :func:`predict_case`)."""
+
+    image: np.ndarray
+    geometry: Geometry
+    prepared: PreprocessedCase
+
+
+def read_for_prediction(models: Sequence[LoadedModel], case: Case, preprocessor: Preprocessor,
+                        device: torch.device) -> ReadCase:
+    """Read a case as training reads cases (:func:`~medseg.data.cases.read_case`), check its channels and
+    dimensionality against the model and preprocess it (a cascade's stage 1 runs here, on ``device``)."""
     first = models[0]
+    image, _, geometry = read_case(case, with_label=False)
+    if image.shape[0] != first.image_channels:
+        hint = " (for one file per channel, {case}_0000, {case}_0001, ..., pass --channels-suffix)" \
+            if len(case.images) == 1 and first.image_channels > image.shape[0] else ""
+        raise DataError(case.images[0], f"{image.shape[0]} channels, the model takes "
+                                        f"{first.image_channels}" + hint)
+    if geometry.spatial_dims != first.spatial_dims:
+        raise DataError(case.images[0], f"{geometry.spatial_dims}D image, the model is "
+                                        f"{first.spatial_dims}D")
+    prepared = preprocessor(_with_coarse(models, image, geometry, device), None, geometry)
+    return ReadCase(image, geometry, prepared)
+
+
+def infer_scores(models: Sequence[LoadedModel], read: ReadCase, settings: PredictSettings,
+                 device: torch.device) -> tuple[Tensor, bool]:
+    """The network stage: logits (one model; ``False``) or averaged probabilities (``True``) on the CPU."""
+    scores, are_probabilities = _predict_probabilities(models, torch.from_numpy(read.prepared.image),
+                                                       settings, device)
+    return scores.cpu(), are_probabilities
+
+
+def finish_case(models: Sequence[LoadedModel], read: ReadCase, scores: Tensor, are_probabilities: bool,
+                outputs: CaseOutputs, settings: PredictSettings, preprocessor: Preprocessor) -> Path:
+    """Scores back to the source grid, labels, postprocessing and the case's files (removed again when
+    writing fails)."""
     written: list[Path] = []
     try:
-        image, _, geometry = read_case(case, with_label=False)
-        if image.shape[0] != first.image_channels:
-            hint = " (for one file per channel, {case}_0000, {case}_0001, ..., pass --channels-suffix)" \
-                if len(case.images) == 1 and first.image_channels > image.shape[0] else ""
-            raise DataError(case.images[0], f"{image.shape[0]} channels, the model takes "
-                                            f"{first.image_channels}" + hint)
-        if geometry.spatial_dims != first.spatial_dims:
-            raise DataError(case.images[0], f"{geometry.spatial_dims}D image, the model is "
-                                            f"{first.spatial_dims}D")
-        labels, probabilities = predict_labels(models, image, geometry, settings, device, preprocessor)
-        _write_outputs(outputs, image, labels, geometry, probabilities, written)
+        labels, probabilities = _scores_to_labels(models, scores, are_probabilities, read.prepared,
+                                                  read.geometry, settings, preprocessor)
+        _write_outputs(outputs, read.image, labels, read.geometry, probabilities, written)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
@@ -415,37 +466,29 @@ def predict_case(models: Sequence[LoadedModel], case: Case, outputs: CaseOutputs
     return outputs.mask
 
 
+def predict_case(models: Sequence[LoadedModel], case: Case, outputs: CaseOutputs, settings: PredictSettings,
+                 device: torch.device, preprocessor: Preprocessor | None = None) -> Path:
+    """Predict one case and write its outputs; on failure the files written for it are removed.
+
+    ``preprocessor``: the checkpoints' preprocessing, built once per run (default: built here). The three
+    stages are :func:`read_for_prediction`, :func:`infer_scores` and :func:`finish_case`; from the
+    preprocessed image to the labels everything stays in torch (only resampling to a source spacing goes
+    through scipy), and the labels become numpy for postprocessing and writing.
+    """
+    preprocessor = preprocessor or Preprocessor.from_dict(models[0].preprocessing)
+    read = read_for_prediction(models, case, preprocessor, device)
+    scores, are_probabilities = infer_scores(models, read, settings, device)
+    return finish_case(models, read, scores, are_probabilities, outputs, settings, preprocessor)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The command's function
 # ----------------------------------------------------------------------------------------------------
 
-def predict_paths(checkpoints: Sequence[str | Path], input: str | Path, output: str | Path, *,
-                  tta: bool | None = None, step: float | None = None, save_probabilities: bool = False,
-                  overlays: bool = True, postprocess: PostprocessOptions | None = None, device: str = "auto",
-                  progress: bool = True, channels_suffix: bool | None = None,
-                  instances_json: bool = False) -> list[Path]:
-    """Predict a file or every case of a folder with one checkpoint or an ensemble; returns the masks.
-
-    An instance checkpoint (label mode ``instance``, Mask R-CNN) writes 16-bit instance label maps
-    instead (:mod:`medseg.engine.predict_instances`; TTA, step and postprocessing do not apply).
-
-    Args:
-        checkpoints: checkpoint files (several: probabilities averaged).
-        input: an image file or a folder of images (nnU-Net ``_0000`` channel files grouped).
-        output: a folder, or a file path (with an image extension) when ``input`` is a file.
-        tta: mirroring test-time augmentation (None: the checkpoint's setting).
-        step: sliding-window step as a fraction of the patch (None: the checkpoint's, 0.5).
-        save_probabilities: also write ``{case}_probabilities.npz`` (2D) / ``.nii.gz`` (3D).
-        overlays: write ``overlays/{case}.png`` (image + predicted contours) for 2D cases.
-        postprocess: postprocessing options (None: the checkpoint's).
-        device: ``auto``, ``cpu`` or ``cuda``.
-        progress: a tqdm bar over the cases.
-        channels_suffix: group ``{case}_{XXXX}`` channel files into one case (see :func:`find_cases`;
-            ``None``: the checkpoint's ``data.channels_suffix``, else only in an nnU-Net layout folder).
-        instances_json: instance checkpoints: also write ``{case}_instances.json`` (scores, labels, boxes).
-    """
-    torch_device = resolve_device(device, key="--device")
-    models = load_models(checkpoints, torch_device)
+def _settings(models: Sequence[LoadedModel], tta: bool | None, step: float | None,
+              postprocess: PostprocessOptions | None, save_probabilities: bool,
+              overlays: bool) -> PredictSettings:
+    """The first checkpoint's ``inference`` record, then the arguments given."""
     settings = PredictSettings.from_record(models[0].inference)
     if tta is not None:
         settings.mirror = tta
@@ -457,7 +500,90 @@ def predict_paths(checkpoints: Sequence[str | Path], input: str | Path, output: 
         settings.postprocess = postprocess
     settings.save_probabilities = save_probabilities
     settings.overlays = overlays
-    input_path, output_path = Path(input), Path(output)
+    return settings
+
+
+def _predict_semantic(models: Sequence[LoadedModel], cases: Sequence[Case],
+                      all_outputs: Sequence[CaseOutputs], settings: PredictSettings, device: torch.device,
+                      workers: int, bar: tqdm) -> list[Path]:
+    """This rank's unfinished cases through the three stages (overlapped with ``workers`` threads)."""
+    preprocessor = Preprocessor.from_dict(models[0].preprocessing)
+    by_case = dict(zip((c.case_id for c in cases), all_outputs, strict=True))
+
+    def read(case: Case) -> ReadCase:
+        return read_for_prediction(models, case, preprocessor, device)
+
+    def infer(loaded: ReadCase) -> tuple[Tensor, bool]:
+        return infer_scores(models, loaded, settings, device)
+
+    def finish(case: Case, loaded: ReadCase, result: tuple[Tensor, bool]) -> Path:
+        return finish_case(models, loaded, *result, by_case[case.case_id], settings, preprocessor)
+
+    return run_pipelined(cases, read, infer, finish, workers, done=bar.update)
+
+
+def predict_paths(checkpoints: Sequence[str | Path], input: str | Path, output: str | Path, *,
+                  tta: bool | None = None, step: float | None = None, save_probabilities: bool = False,
+                  overlays: bool = True, postprocess: PostprocessOptions | None = None, device: str = "auto",
+                  progress: bool = True, channels_suffix: bool | None = None,
+                  instances_json: bool = False, workers: int = 0, overwrite: bool = False) -> list[Path]:
+    """Predict a file or every case of a folder with one checkpoint or an ensemble; returns the masks of
+    all the cases (on every rank: those written now, by other ranks and by earlier runs).
+
+    An instance checkpoint (label mode ``instance``, Mask R-CNN) writes 16-bit instance label maps
+    instead (:mod:`medseg.engine.predict_instances`; TTA, step and postprocessing do not apply).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the sorted cases are sharded across the ranks (case ``i`` to
+    rank ``i % N``; :mod:`medseg.engine.predict_scale`), each rank writes its own, and the summary is logged
+    by rank 0 after every rank is done. A case whose every output file exists is skipped unless
+    ``overwrite`` (files are written atomically, so an existing file is complete).
+
+    Args:
+        checkpoints: checkpoint files (several: probabilities averaged).
+        input: an image file or a folder of images (nnU-Net ``_0000`` channel files grouped).
+        output: a folder, or a file path (with an image extension) when ``input`` is a file.
+        tta: mirroring test-time augmentation (None: the checkpoint's setting).
+        step: sliding-window step as a fraction of the patch (None: the checkpoint's, 0.5).
+        save_probabilities: also write ``{case}_probabilities.npz`` (2D) / ``.nii.gz`` (3D).
+        overlays: write ``overlays/{case}.png`` (image + predicted contours) for 2D cases.
+        postprocess: postprocessing options (None: the checkpoint's).
+        device: ``auto``, ``cpu`` or ``cuda`` (under ``torchrun``: each rank's local GPU).
+        progress: a tqdm bar over the cases (rank 0).
+        channels_suffix: group ``{case}_{XXXX}`` channel files into one case (see :func:`find_cases`;
+            ``None``: the checkpoint's ``data.channels_suffix``, else only in an nnU-Net layout folder).
+        instances_json: instance checkpoints: also write ``{case}_instances.json`` (scores, labels, boxes).
+        workers: threads reading and preprocessing ahead of the network, with a writer thread behind it
+            (0: one case after the other; the files are the same).
+        overwrite: predict finished cases again instead of skipping them.
+    """
+    workers = check_workers(workers)
+    torch_device = resolve_device(device, key="--device")
+    joined_here = not torch.distributed.is_initialized()  # a caller's own process group is left to it
+    ctx = init_distributed(torch_device.type)
+    try:
+        masks = _predict_paths(checkpoints, Path(input), Path(output), ctx,
+                               rank_device(torch_device, ctx, device), tta=tta, step=step,
+                               save_probabilities=save_probabilities, overlays=overlays,
+                               postprocess=postprocess, progress=progress, channels_suffix=channels_suffix,
+                               instances_json=instances_json, workers=workers, overwrite=overwrite)
+    except BaseException:
+        if joined_here:
+            abort_distributed(ctx)
+        raise
+    if joined_here:
+        shutdown_distributed(ctx)
+    else:
+        barrier(ctx)
+    return masks
+
+
+def _predict_paths(checkpoints: Sequence[str | Path], input_path: Path, output_path: Path,
+                   ctx: DistributedContext, torch_device: torch.device, *, tta: bool | None,
+                   step: float | None, save_probabilities: bool, overlays: bool,
+                   postprocess: PostprocessOptions | None, progress: bool, channels_suffix: bool | None,
+                   instances_json: bool, workers: int, overwrite: bool) -> list[Path]:
+    models = load_models(checkpoints, torch_device)
+    settings = _settings(models, tta, step, postprocess, save_probabilities, overlays)
     if channels_suffix is None:
         channels_suffix = models[0].channels_suffix
     cases = find_cases(input_path, models[0].image_channels, channels_suffix)
@@ -468,21 +594,36 @@ def predict_paths(checkpoints: Sequence[str | Path], input: str | Path, output: 
             single_file and lossless_mask_path(output_path).resolve() == input_path.resolve()):
         raise MedsegError(f"output {output_path} is the input {input_path}; predictions would overwrite "
                           "the images")
-    if models[0].label_mode == "instance":
-        from medseg.engine.predict_instances import predict_instance_cases
+    single_mask = lossless_mask_path(output_path) if single_file else None
+    instance = models[0].label_mode == "instance"
+    if instance:
+        from medseg.engine.predict_instances import instance_outputs
 
-        return predict_instance_cases(models, cases, folder, lossless_mask_path(output_path) if single_file
-                                      else None, instances_json=instances_json, overlays=overlays,
-                                      device=torch_device, progress=progress)
-    if instances_json:
+        if workers:
+            raise MedsegError("--workers: instance checkpoints predict one case after the other (use 0)")
+        paths = [instance_outputs(c, folder, single_mask, instances_json, overlays) for c in cases]
+    elif instances_json:
         raise MedsegError("--instances-json: needs an instance checkpoint (e.g. Mask R-CNN); for a semantic "
                           "model's watershed instances the map itself is the output")
-    written = []
-    preprocessor = Preprocessor.from_dict(models[0].preprocessing)
-    bar = tqdm(cases, desc="predict", unit="case", disable=not progress or len(cases) < 2)
-    for case in bar:
-        outputs = _outputs_for(case, folder, models[0].spatial_dims, settings,
-                               lossless_mask_path(output_path) if single_file else None)
-        written.append(predict_case(models, case, outputs, settings, torch_device, preprocessor))
-    logger.info("predicted %d cases into %s", len(written), folder)
-    return written
+    else:
+        outputs = [_outputs_for(c, folder, models[0].spatial_dims, settings, single_mask) for c in cases]
+        paths = [(o.mask, o.probabilities, o.overlay) for o in outputs]
+    mine = shard(list(range(len(cases))), ctx.rank, ctx.world_size)
+    todo = [i for i in mine if overwrite or not case_is_finished(paths[i])]
+    bar = tqdm(total=len(todo), desc="predict", unit="case",
+               disable=not progress or not ctx.is_main or len(todo) < 2)
+    with bar:
+        if instance:
+            from medseg.engine.predict_instances import predict_instance_cases
+
+            predict_instance_cases(models, [cases[i] for i in todo], folder, single_mask,
+                                   instances_json=instances_json, overlays=overlays, device=torch_device,
+                                   progress=False, done=bar.update)
+        else:
+            _predict_semantic(models, [cases[i] for i in todo], [outputs[i] for i in todo], settings,
+                              torch_device, workers, bar)
+    counts = all_reduce_sum(torch.tensor([len(todo), len(mine) - len(todo)], dtype=torch.float64), ctx)
+    if ctx.is_main:  # after every rank's share (the reduction waits for all of them)
+        logger.info("predicted %d cases into %s (%d already finished, skipped; %d process(es))",
+                    int(counts[0]), folder, int(counts[1]), ctx.world_size)
+    return [p[0] for p in paths]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,8 @@ from medseg.fileio import remove_stale_temporaries_of, write_bytes_atomically, w
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INSTANCES_SUFFIX", "instance_boxes", "predict_instance_case", "predict_instance_cases"]
+__all__ = ["INSTANCES_SUFFIX", "instance_boxes", "instance_outputs", "predict_instance_case",
+           "predict_instance_cases"]
 
 INSTANCES_SUFFIX = "_instances.json"
 
@@ -107,11 +108,23 @@ def predict_instance_case(model: torch.nn.Module, case: Case, preprocessing: dic
     return mask_path
 
 
+def instance_outputs(case: Case, folder: Path, single_file: Path | None, instances_json: bool,
+                     overlays: bool) -> tuple[Path, Path | None, Path | None]:
+    """Where a case's label map, sidecar and overlay go (``None``: not written)."""
+    extension = image_extension(case.images[0]) or ".nii.gz"
+    mask = single_file or lossless_mask_path(folder / f"{case.case_id}{extension}")
+    json_path = mask.parent / f"{case.case_id}{INSTANCES_SUFFIX}" if instances_json else None
+    overlay = mask.parent / "overlays" / f"{case.case_id}.png" if overlays else None
+    return mask, json_path, overlay
+
+
 def predict_instance_cases(models: Sequence[Any], cases: Sequence[Case], folder: Path,
                            single_file: Path | None, *, instances_json: bool, overlays: bool,
-                           device: torch.device, progress: bool) -> list[Path]:
+                           device: torch.device, progress: bool,
+                           done: Callable[[], None] = lambda: None) -> list[Path]:
     """Predict every case with the instance checkpoint ``models[0]`` (a :class:`LoadedModel`; ensembles
-    are refused) into ``folder`` (or ``single_file`` for one input file); returns the label maps."""
+    are refused) into ``folder`` (or ``single_file`` for one input file); returns the label maps.
+    ``done`` is called after each case."""
     if len(models) != 1:
         raise MedsegError(f"predict: instance checkpoints cannot be ensembled ({len(models)} given; pass "
                           "one)")
@@ -119,11 +132,9 @@ def predict_instance_cases(models: Sequence[Any], cases: Sequence[Case], folder:
     written = []
     bar = tqdm(cases, desc="predict", unit="case", disable=not progress or len(cases) < 2)
     for case in bar:
-        extension = image_extension(case.images[0]) or ".nii.gz"
-        mask = single_file or lossless_mask_path(folder / f"{case.case_id}{extension}")
-        json_path = mask.parent / f"{case.case_id}{INSTANCES_SUFFIX}" if instances_json else None
-        overlay = mask.parent / "overlays" / f"{case.case_id}.png" if overlays else None
+        mask, json_path, overlay = instance_outputs(case, folder, single_file, instances_json, overlays)
         written.append(predict_instance_case(loaded.model, case, loaded.preprocessing, loaded.in_channels,
                                              mask, json_path, overlay, device))
+        done()
     logger.info("predicted %d cases into %s", len(written), folder)
     return written

@@ -56,9 +56,11 @@ from medseg.engine.config import RunConfig, config_to_dict, save_config
 from medseg.engine.device import resolve_device
 from medseg.engine.distributed import (
     DistributedContext,
+    abort_distributed,
     all_reduce_sum,
     barrier,
     init_distributed,
+    rank_device,
     shutdown_distributed,
 )
 from medseg.engine.plan import (
@@ -377,10 +379,7 @@ def _join(config: RunConfig) -> tuple[DistributedContext, torch.device]:
     Under DDP a CUDA device the config does not number (``auto``, ``cuda``) is the rank's local GPU."""
     device = resolve_device(config.train.device, 0, key="train.device")
     ctx = init_distributed(device.type)
-    numbered = device.type == "cuda" and str(config.train.device).startswith("cuda:")
-    if ctx.enabled and device.type == "cuda" and not numbered:
-        device = torch.device("cuda", ctx.local_rank)
-    return ctx, device
+    return ctx, rank_device(device, ctx, str(config.train.device))
 
 
 def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
@@ -407,10 +406,7 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> 
         seed_everything(config.train.seed)  # the same model initialisation whatever the data step drew
         result = Trainer(config, ctx, paths, device, data, progress, resume=resume).run(resume)
     except BaseException:
-        if ctx.enabled:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        abort_distributed(ctx)
         raise
     shutdown_distributed(ctx)
     return result
