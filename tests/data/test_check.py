@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from medseg.cli import main
-from medseg.data.check import process_pool, check_dataset
+from medseg.data.check import check_dataset, process_pool
 from medseg.data.geometry import DataError
 from medseg.data.io import inspect_image, read_image, read_mask, write_image
 
