@@ -22,6 +22,7 @@ from medseg.engine.autoplan import (
     plan_dataset,
     pool_kernels,
     target_spacing,
+    validation_seconds,
     write_plan,
 )
 from medseg.engine.benchmark import measure_peak_memory
@@ -113,12 +114,19 @@ def test_smaller_memory_budget_gives_a_smaller_patch_or_batch(fast_measurements)
         plan_dataset(fp, memory_gb=0.01, minutes=10, device="cpu")
 
 
-def test_epochs_follow_the_timed_steps(fast_measurements) -> None:
+def test_epochs_follow_the_timed_steps_and_the_validation_estimate(fast_measurements) -> None:
     fp = _fingerprint([(64, 64)] * 6, [(1.0, 1.0)] * 6)
-    plan = plan_dataset(fp, memory_gb=4, minutes=10, device="cpu")  # 0.5 s a step: 1200 steps
-    assert plan.value("train.iterations_per_epoch") == 120 and plan.value("train.epochs") == 10
+    plan = plan_dataset(fp, memory_gb=4, minutes=10, device="cpu")  # 0.5 s a step
+    batch = plan.value("data.batch_size")
+    validation = 1 * 1 * 0.5 / batch / 3  # one validation case, one window, a third of a sample's step
+    steps = int((600 - 10 * validation) / 0.5)
+    assert plan.value("train.iterations_per_epoch") == steps // 10 and plan.value("train.epochs") == 10
+    assert plan.value("train.val_every") == 1 and plan.value("train.max_minutes") == 10.0
     long = plan_dataset(fp, memory_gb=4, minutes=600, device="cpu")
-    assert long.value("train.iterations_per_epoch") == 250 and long.value("train.epochs") == 288
+    assert long.value("train.iterations_per_epoch") == 250 and long.value("train.epochs") == 287
+    assert long.value("train.val_every") == 28
+    big = _fingerprint([(100, 100)] * 10, [(1.0, 1.0)] * 10)
+    assert validation_seconds(big, np.ones(2), [50, 50], 2, 0.6, 2) == pytest.approx(2 * 9 * 0.6 / 2 / 3)
 
 
 def test_instance_label_maps_are_planned_as_binary_foreground(fast_measurements) -> None:

@@ -69,6 +69,8 @@ MAX_DATASET_FRACTION = 0.05
 """A batch covers at most this fraction of the data set's voxels (nnU-Net)."""
 ITERATIONS_PER_EPOCH = 250
 MIN_EPOCHS = 10
+VALIDATION_SHARE = 0.2
+"""Validations take at most this share of the time budget (at least one, after the last epoch)."""
 INSTANCE_VALUES = 10
 """2D label maps with more distinct values than this in one case are read as instance label maps."""
 TIMED_STEPS = 3
@@ -392,7 +394,9 @@ def plan_dataset(fingerprint: DatasetFingerprint, memory_gb: float = 8.0, minute
              f"(cap {cap})")
     _optim_sections(plan)
     seconds = time_steps(plan.config(), channels, classes, dev)
-    _train_section(plan, seconds, minutes, dev)
+    val_cases = max(n // 5, 1) if n >= 5 else max(round(0.2 * n), 1)
+    _train_section(plan, seconds, minutes, dev,
+                   validation_seconds(fingerprint, spacing, patch, batch, seconds, val_cases))
     plan.set("inference.mode", "sliding_window", "Gaussian-weighted sliding windows of the training patch")
     plan.set("inference.step", 0.5, "windows overlap by half a patch (nnU-Net)")
     plan.set("inference.mirror", True, "mirroring test-time augmentation over every axis (nnU-Net)")
@@ -465,21 +469,35 @@ def _optim_sections(plan: AutoPlan) -> None:
     plan.set("schedule.power", 0.9, "poly power")
 
 
-def _train_section(plan: AutoPlan, seconds: float, minutes: float, device: torch.device) -> None:
-    steps = max(int(minutes * 60 / seconds), 1)
+def validation_seconds(fingerprint: DatasetFingerprint, spacing: np.ndarray, patch: Sequence[int],
+                       batch: int, step_seconds: float, val_cases: int) -> float:
+    """Estimated seconds of one validation: sliding windows (step 0.5) over the median resampled shape of
+    ``val_cases`` cases, a window costing a third of a training sample (forward only)."""
+    shape = np.median(fingerprint.shapes * fingerprint.spacings / spacing, axis=0)
+    windows = math.prod(1 + math.ceil(max(n - p, 0) / (0.5 * p)) for n, p in zip(shape, patch, strict=True))
+    return val_cases * windows * step_seconds / batch / 3
+
+
+def _train_section(plan: AutoPlan, seconds: float, minutes: float, device: torch.device,
+                   validation: float) -> None:
+    budget = minutes * 60
+    validations = max(min(MIN_EPOCHS, int(VALIDATION_SHARE * budget / max(validation, 1e-9))), 1)
+    steps = max(int((budget - validations * validation) / seconds), 1)
     per_epoch = ITERATIONS_PER_EPOCH if steps >= ITERATIONS_PER_EPOCH * MIN_EPOCHS else \
         max(steps // MIN_EPOCHS, 1)
     epochs = max(steps // per_epoch, 1)
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     where = f"{device.type}, {torch.get_num_threads()} torch thread(s){load}"
     plan.set("train.epochs", epochs,
-             f"{steps} steps fit {minutes:g} min at {seconds:.3f} s per measured training step ({where}); "
-             "data loading and validation not included")
+             f"{steps} steps fit {minutes:g} min at {seconds:.3f} s per measured training step ({where}), "
+             f"after {validations} validations of about {validation:.0f} s; data loading not included")
     plan.set("train.iterations_per_epoch", per_epoch,
              f"{ITERATIONS_PER_EPOCH} batches per epoch (nnU-Net), fewer to keep about {MIN_EPOCHS} epochs"
              if per_epoch < ITERATIONS_PER_EPOCH else f"{ITERATIONS_PER_EPOCH} batches per epoch (nnU-Net)")
     plan.set("train.max_minutes", float(minutes), "stop at the first epoch end past the time budget")
-    plan.set("train.val_every", max(epochs // MIN_EPOCHS, 1), f"about {MIN_EPOCHS} validations")
+    plan.set("train.val_every", max(epochs // validations, 1),
+             f"about {validations} validations (at most {VALIDATION_SHARE:.0%} of the time; the last epoch "
+             "always validates)")
     plan.set("train.grad_clip", 12.0, "gradient norm clipping at 12 (nnU-Net)")
     plan.set("train.seed", 0, "one seed for data order, augmentation and initialisation")
 
