@@ -24,9 +24,10 @@ Rules (spec "Planning"):
   batch x voxels, plus the weights and the SGD momentum.
 - **Model, loss, schedule**: U-Net (32 features doubled per level, capped at 512 / 320, instance norm,
   deep supervision), Dice + CE, SGD Nesterov 0.99 with poly decay (nnU-Net's defaults).
-- **Epochs** fitting ``--minutes``: a few real training steps of the planned model and batch are timed on
-  this machine; 250 batches per epoch (fewer when that leaves under 10 epochs), ``train.max_minutes``
-  as a stop.
+- **Epochs** fitting ``--minutes``: a few real training steps of the planned model and patch are timed on
+  this machine (at a batch of 2, scaled to the planned batch); validations (a sliding-window estimate) get
+  at most 20% of the time; 250 batches per epoch (fewer when that leaves under 10 epochs);
+  ``train.max_minutes`` as a stop.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ VALIDATION_SHARE = 0.2
 """Validations take at most this share of the time budget (at least one, after the last epoch)."""
 INSTANCE_VALUES = 10
 """2D label maps with more distinct values than this in one case are read as instance label maps."""
-TIMED_STEPS = 3
+TIMED_STEPS = 2
 
 
 # ------------------------------------------------------------------------------------------ rules
@@ -222,8 +223,9 @@ def measure_memory(config: RunConfig, channels: int, classes: int, multiples: Se
 
 def time_steps(config: RunConfig, channels: int, classes: int, device: torch.device,
                steps: int = TIMED_STEPS) -> float:
-    """Seconds of a real training step (forward, Dice + CE, backward, SGD) of the planned model, patch
-    and batch: the fastest of ``steps`` after one untimed step (the least disturbed by other jobs)."""
+    """Seconds of a real training step (forward, Dice + CE, backward, SGD) of the planned model and patch:
+    the fastest of ``steps`` after one untimed step (the least disturbed by other jobs), timed at a batch of
+    at most :data:`MIN_BATCH` and scaled linearly to the planned batch (compute grows with it)."""
     torch.manual_seed(0)
     patch = list(config.data.patch_size or ())
     model = _build(config, channels, classes, len(patch), device)
@@ -231,7 +233,8 @@ def time_steps(config: RunConfig, channels: int, classes: int, device: torch.dev
     optim = config.optim
     optimizer = torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum, nesterov=True,
                                 weight_decay=optim.weight_decay)
-    x, y = _random_batch(config, channels, patch, config.data.batch_size, classes, device)
+    timed_batch = min(config.data.batch_size, MIN_BATCH)
+    x, y = _random_batch(config, channels, patch, timed_batch, classes, device)
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
@@ -241,7 +244,7 @@ def time_steps(config: RunConfig, channels: int, classes: int, device: torch.dev
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
-    return min(times[1:])
+    return min(times[1:]) * config.data.batch_size / timed_batch
 
 
 # ------------------------------------------------------------------------------------------ the plan
@@ -489,7 +492,8 @@ def _train_section(plan: AutoPlan, seconds: float, minutes: float, device: torch
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     where = f"{device.type}, {torch.get_num_threads()} torch thread(s){load}"
     plan.set("train.epochs", epochs,
-             f"{steps} steps fit {minutes:g} min at {seconds:.3f} s per measured training step ({where}), "
+             f"{steps} steps fit {minutes:g} min at {seconds:.3f} s per training step (timed at batch <= "
+             f"{MIN_BATCH}, scaled to the batch; {where}), "
              f"after {validations} validations of about {validation:.0f} s; data loading not included")
     plan.set("train.iterations_per_epoch", per_epoch,
              f"{ITERATIONS_PER_EPOCH} batches per epoch (nnU-Net), fewer to keep about {MIN_EPOCHS} epochs"
