@@ -186,4 +186,11 @@ def test_plan_then_train_it_unchanged(tmp_path: Path, monkeypatch: pytest.Monkey
     assert Path("runs/fingerprints/polyps.json").is_file()
     assert main(["train", "plan.yaml", "--no-progress"]) == 0
     assert Path(f"runs/{config.name}/last.pt").is_file()
-    assert main(["plan", "missing", "--no-progress"]) == 2
+
+
+def test_plan_of_a_missing_folder_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    assert main(["plan", str(tmp_path / "missing"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing" in err[0] and err[0].startswith("medseg: error:")
+    assert not list(tmp_path.iterdir())
