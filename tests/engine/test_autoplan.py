@@ -98,9 +98,9 @@ def test_anisotropic_volumes_plan_a_3d_unet_with_anisotropic_pooling(fast_measur
 
 def test_smaller_memory_budget_gives_a_smaller_patch_or_batch(fast_measurements) -> None:
     fp = _fingerprint([(384, 448)] * 400, [(1.0, 1.0)] * 400, channels=3, dtype="uint8")
-    large = plan_dataset(fp, memory_gb=4, minutes=10, device="cpu")
-    small = plan_dataset(fp, memory_gb=1, minutes=10, device="cpu")
-    tiny = plan_dataset(fp, memory_gb=0.3, minutes=10, device="cpu")
+    large = plan_dataset(fp, memory_gb=4, minutes=600, device="cpu")  # time does not bind the batch
+    small = plan_dataset(fp, memory_gb=1, minutes=600, device="cpu")
+    tiny = plan_dataset(fp, memory_gb=0.3, minutes=600, device="cpu")
     memory = MemoryModel(fixed=50e6, per_voxel=2000.0)
     sizes = []
     for plan, budget in ((large, 4), (small, 1), (tiny, 0.3)):
@@ -109,6 +109,9 @@ def test_smaller_memory_budget_gives_a_smaller_patch_or_batch(fast_measurements)
         sizes.append((math.prod(patch), batch))
     assert sizes[0][0] * sizes[0][1] > sizes[1][0] * sizes[1][1] > sizes[2][0] * sizes[2][1]
     assert sizes[2][0] < sizes[1][0]  # the patch itself shrank
+    assert sizes[0][1] == (4 * 2**30 - 50e6) // (2000 * sizes[0][0])  # the memory bound
+    short = plan_dataset(fp, memory_gb=4, minutes=1, device="cpu")  # 0.25 s a sample: 1.9 batches in time
+    assert short.value("data.batch_size") == 2 and "bound by time" in short.yaml_text()
     assert large.value("data.normalization") == "rgb" and large.value("data.spacing") is None
     with pytest.raises(MedsegError, match="memory-gb"):
         plan_dataset(fp, memory_gb=0.01, minutes=10, device="cpu")

@@ -19,7 +19,8 @@ Rules (spec "Planning"):
 - **Patch and batch size** under ``--memory-gb``: the patch starts at the median shape (after resampling)
   and, while a batch of 2 does not fit, loses one multiple along the axis largest relative to the median
   shape (nnU-Net); the batch is then the largest that fits, at least 2, covering at most 5% of the data
-  set's voxels (nnU-Net). Memory is the model's own: the peak of a real training forward + backward
+  set's voxels (nnU-Net) and leaving at least 250 steps in ``--minutes`` (a slow device gets batch 2).
+  Memory is the model's own: the peak of a real training forward + backward
   (:func:`medseg.engine.benchmark.measure_peak_memory`) at two small patches, extrapolated linearly in
   batch x voxels, plus the weights and the SGD momentum.
 - **Model, loss, schedule**: U-Net (32 features doubled per level, capped at 512 / 320, instance norm,
@@ -70,6 +71,8 @@ MAX_DATASET_FRACTION = 0.05
 """A batch covers at most this fraction of the data set's voxels (nnU-Net)."""
 ITERATIONS_PER_EPOCH = 250
 MIN_EPOCHS = 10
+MIN_STEPS = ITERATIONS_PER_EPOCH
+"""The batch grows beyond :data:`MIN_BATCH` only while the time budget leaves this many steps."""
 VALIDATION_SHARE = 0.2
 """Validations take at most this share of the time budget (at least one, after the last epoch)."""
 INSTANCE_VALUES = 10
@@ -223,9 +226,8 @@ def measure_memory(config: RunConfig, channels: int, classes: int, multiples: Se
 
 def time_steps(config: RunConfig, channels: int, classes: int, device: torch.device,
                steps: int = TIMED_STEPS) -> float:
-    """Seconds of a real training step (forward, Dice + CE, backward, SGD) of the planned model and patch:
-    the fastest of ``steps`` after one untimed step (the least disturbed by other jobs), timed at a batch of
-    at most :data:`MIN_BATCH` and scaled linearly to the planned batch (compute grows with it)."""
+    """Seconds of a real training step (forward, Dice + CE, backward, SGD) of the planned model, patch and
+    batch: the fastest of ``steps`` after one untimed step (the least disturbed by other jobs)."""
     torch.manual_seed(0)
     patch = list(config.data.patch_size or ())
     model = _build(config, channels, classes, len(patch), device)
@@ -233,8 +235,7 @@ def time_steps(config: RunConfig, channels: int, classes: int, device: torch.dev
     optim = config.optim
     optimizer = torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum, nesterov=True,
                                 weight_decay=optim.weight_decay)
-    timed_batch = min(config.data.batch_size, MIN_BATCH)
-    x, y = _random_batch(config, channels, patch, timed_batch, classes, device)
+    x, y = _random_batch(config, channels, patch, config.data.batch_size, classes, device)
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
@@ -244,7 +245,7 @@ def time_steps(config: RunConfig, channels: int, classes: int, device: torch.dev
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
-    return min(times[1:]) * config.data.batch_size / timed_batch
+    return min(times[1:])
 
 
 # ------------------------------------------------------------------------------------------ the plan
@@ -385,18 +386,25 @@ def plan_dataset(fingerprint: DatasetFingerprint, memory_gb: float = 8.0, minute
     _model_section(plan, dims, kernels, aniso)
     total_voxels = float((fingerprint.shapes * fingerprint.spacings / spacing).prod(axis=1).sum())
     cap = max(MIN_BATCH, int(MAX_DATASET_FRACTION * total_voxels // math.prod(patch)))
-    batch = max(MIN_BATCH, min(memory.max_batch(patch, budget), cap))
     plan.set("data.patch_size", patch,
              f"median shape at the target spacing, in multiples of {axis_multiples(kernels, dims)} (the "
              f"pooling), " + (f"shrunk until a batch of {MIN_BATCH} fits {memory_gb:g} GB" if shrunk else
                               f"a batch of {MIN_BATCH} fits {memory_gb:g} GB"))
-    plan.set("data.batch_size", batch,
-             f"largest batch within {memory_gb:g} GB ({memory.bytes(patch, batch) / 2**30:.2f} GiB "
-             f"estimated from measured training peaks: {memory.per_voxel / 1024:.2f} KiB per voxel), "
-             f"at least {MIN_BATCH}, at most {MAX_DATASET_FRACTION:.0%} of the data set's voxels "
-             f"(cap {cap})")
+    plan.set("data.batch_size", MIN_BATCH, "timed at the smallest batch")
     _optim_sections(plan)
-    seconds = time_steps(plan.config(), channels, classes, dev)
+    per_sample = time_steps(plan.config(), channels, classes, dev) / MIN_BATCH
+    in_time = int(minutes * 60 * (1 - VALIDATION_SHARE) / (per_sample * MIN_STEPS))
+    limits = {"memory": memory.max_batch(patch, budget), f"{MAX_DATASET_FRACTION:.0%} of the voxels": cap,
+              "time": in_time}
+    bound = min(limits, key=limits.__getitem__)
+    batch = max(MIN_BATCH, limits[bound])
+    plan.set("data.batch_size", batch,
+             f"the largest batch (at least {MIN_BATCH}) within {memory_gb:g} GB (memory {limits['memory']}: "
+             f"{memory.per_voxel / 1024:.2f} KiB per voxel from measured training peaks, "
+             f"{memory.bytes(patch, batch) / 2**30:.2f} GiB at this batch), covering at most "
+             f"{MAX_DATASET_FRACTION:.0%} of the data set's voxels ({cap}; nnU-Net), leaving {MIN_STEPS} "
+             f"steps in --minutes (time {in_time}); bound by {bound}")
+    seconds = per_sample * batch
     val_cases = max(n // 5, 1) if n >= 5 else max(round(0.2 * n), 1)
     _train_section(plan, seconds, minutes, dev,
                    validation_seconds(fingerprint, spacing, patch, batch, seconds, val_cases))
@@ -492,7 +500,7 @@ def _train_section(plan: AutoPlan, seconds: float, minutes: float, device: torch
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     where = f"{device.type}, {torch.get_num_threads()} torch thread(s){load}"
     plan.set("train.epochs", epochs,
-             f"{steps} steps fit {minutes:g} min at {seconds:.3f} s per training step (timed at batch <= "
+             f"{steps} steps fit {minutes:g} min at {seconds:.3f} s per training step (timed at batch "
              f"{MIN_BATCH}, scaled to the batch; {where}), "
              f"after {validations} validations of about {validation:.0f} s; data loading not included")
     plan.set("train.iterations_per_epoch", per_epoch,
