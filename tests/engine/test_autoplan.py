@@ -197,3 +197,8 @@ def test_plan_of_a_missing_folder_is_a_one_line_error(tmp_path: Path, capsys: py
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing" in err[0] and err[0].startswith("medseg: error:")
     assert not list(tmp_path.iterdir())
+
+
+def test_images_too_small_to_pool_are_refused(fast_measurements) -> None:
+    with pytest.raises(MedsegError, match="too small"):
+        plan_dataset(_fingerprint([(6, 6)] * 3, [(1.0, 1.0)] * 3), memory_gb=1, minutes=1, device="cpu")

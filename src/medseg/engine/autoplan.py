@@ -343,13 +343,13 @@ def _fit_patch(fingerprint: DatasetFingerprint, spacing: np.ndarray, budget: flo
         kernels = pool_kernels(patch, spacing, MAX_POOL_STEPS[dims])
         multiples = axis_multiples(kernels, dims)
         patch = [-(-p // m) * m for p, m in zip(patch, multiples, strict=True)]
-        memory = measure(kernels, multiples)
-        if memory.bytes(patch, MIN_BATCH) <= budget:
+        memory = measure(kernels, multiples) if kernels else None
+        if memory is not None and memory.bytes(patch, MIN_BATCH) <= budget:
             return patch, kernels, memory, shrunk
         shrinkable = [a for a in range(dims) if patch[a] > multiples[a]]
-        if not shrinkable:
-            raise MedsegError(f"--memory-gb {budget / 2**30:g}: even the patch {patch} with batch "
-                              f"{MIN_BATCH} needs {memory.bytes(patch, MIN_BATCH) / 2**30:.2f} GiB")
+        if memory is None or not shrinkable:
+            raise MedsegError(f"--memory-gb {budget / 2**30:g}: too small; the patch shrank to {patch} with "
+                              f"batch {MIN_BATCH} and still did not fit")
         axis = max(shrinkable, key=lambda a: patch[a] / median_shape[a])
         patch[axis] -= multiples[axis]
         shrunk = True
@@ -377,9 +377,17 @@ def plan_dataset(fingerprint: DatasetFingerprint, memory_gb: float = 8.0, minute
         f"{_numbers(median)}, median shape {_numbers(np.median(fingerprint.shapes, axis=0))}.",
     ])
 
+    if not pool_kernels(np.median(fingerprint.shapes * fingerprint.spacings / spacing, axis=0), spacing, 1):
+        raise MedsegError(f"{fingerprint.root}: images of median shape "
+                          f"{_numbers(np.median(fingerprint.shapes, axis=0))} are too small to pool once (an "
+                          f"axis needs >= {MIN_POOL_SIZE} voxels)")
+    measured: dict[tuple[tuple[int, ...], ...], MemoryModel] = {}
+
     def measure_for(kernels: list[tuple[int, ...]], multiples: list[int]) -> MemoryModel:
-        _model_section(plan, dims, kernels, aniso)
-        return measure_memory(plan.config(), channels, classes, multiples, dev)
+        if tuple(kernels) not in measured:
+            _model_section(plan, dims, kernels, aniso)
+            measured[tuple(kernels)] = measure_memory(plan.config(), channels, classes, multiples, dev)
+        return measured[tuple(kernels)]
 
     _data_section(plan, fingerprint, labels, modality, spacing, aniso, resample)
     patch, kernels, memory, shrunk = _fit_patch(fingerprint, spacing, budget, measure_for)
