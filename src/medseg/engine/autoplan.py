@@ -507,10 +507,12 @@ def _train_section(plan: AutoPlan, seconds: float, minutes: float, device: torch
     epochs = max(steps // per_epoch, 1)
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     where = f"{device.type}, {torch.get_num_threads()} torch thread(s){load}"
+    short = "; the validation alone exceeds the budget: give more --minutes or train smaller images " \
+        "(data.resize)" if validation >= budget else ""
     plan.set("train.epochs", epochs,
              f"{steps} steps fit {minutes:g} min at {seconds:.3f} s per training step (timed at batch "
              f"{MIN_BATCH}, scaled to the batch; {where}), "
-             f"after {validations} validations of about {validation:.0f} s; data loading not included")
+             f"after {validations} validations of about {validation:.0f} s; data loading not included{short}")
     plan.set("train.iterations_per_epoch", per_epoch,
              f"{ITERATIONS_PER_EPOCH} batches per epoch (nnU-Net), fewer to keep about {MIN_EPOCHS} epochs"
              if per_epoch < ITERATIONS_PER_EPOCH else f"{ITERATIONS_PER_EPOCH} batches per epoch (nnU-Net)")
