@@ -202,3 +202,17 @@ def test_plan_of_a_missing_folder_is_a_one_line_error(tmp_path: Path, capsys: py
 def test_images_too_small_to_pool_are_refused(fast_measurements) -> None:
     with pytest.raises(MedsegError, match="too small"):
         plan_dataset(_fingerprint([(6, 6)] * 3, [(1.0, 1.0)] * 3), memory_gb=1, minutes=1, device="cpu")
+
+
+def test_plan_of_an_anisotropic_synthetic_volume_set(tmp_path: Path, fast_measurements) -> None:
+    """Volumes written with spacing 5 x 1 x 1 (array order; 1x1x5 in x, y, z), read by the fingerprint."""
+    from medseg.data.fingerprint import dataset_fingerprint
+    from medseg.data.synthetic import write_lesion_dataset
+
+    write_lesion_dataset(tmp_path / "lesions", n_cases=5, shape=(8, 48, 48), spacing=(5.0, 1.0, 1.0))
+    fp = dataset_fingerprint(tmp_path / "lesions", progress=False)
+    plan = plan_dataset(fp, memory_gb=2, minutes=5, device="cpu")
+    assert plan.value("data.layout") == "decathlon" and plan.value("data.spacing") is None  # already there
+    kernels = plan.value("model.options")["pool_kernels"]
+    assert kernels[:2] == [[1, 2, 2], [1, 2, 2]] and plan.value("model.spatial_dims") == 3
+    assert plan.value("data.patch_size")[0] == 8 and "axis 0 is anisotropic" in plan.yaml_text()
