@@ -143,6 +143,23 @@ class Variant:
     pointrend: dict[str, Any] | None = None
     adversarial: dict[str, Any] | None = None
     """``train.adversarial`` (the adversarial training mode), or None."""
+    data: dict[str, Any] = field(default_factory=dict)
+    """``data`` keys set for this row on top of the task's (e.g. 2.5D: ``slices``, a 2D ``patch_size``)."""
+    inference: dict[str, Any] = field(default_factory=dict)
+    """``inference`` keys set for this row (2.5D: whole slices, ``mode: whole``)."""
+    spatial_dims: int | None = None
+    """The model's dimensionality when it differs from the task's (a 2D model on 3D volumes: 2.5D)."""
+
+    def input_shape(self, task: Task, size: Sequence[int]) -> tuple[int, ...]:
+        """One sample of the model's input: ``(channels, *size)``; 2.5D: the slice window's channels and the
+        row's 2D patch."""
+        slices = self.data.get("slices")
+        if slices is None:
+            return (task.in_channels, *size)
+        return (task.in_channels * (2 * int(slices) + 1), *self.data.get("patch_size", size))
+    size_option: str | None = None
+    """The model option that receives the training size (``--size``), e.g. UNETR's ``img_size`` (its
+    learned position embedding covers that grid), or None."""
 
 
 @dataclass
@@ -208,8 +225,9 @@ def check_models(models: Sequence[str], task: Task, budget: Budget) -> list[str]
             register_monai_basicunet()
         if name.lower() in task.variants:
             names.append(name.lower())
-            name = task.variants[name.lower()].model
-            check_dims(resolve_target(get_entry(name).name), task.spatial_dims)
+            variant = task.variants[name.lower()]
+            check_dims(resolve_target(get_entry(variant.model).name),
+                       variant.spatial_dims or task.spatial_dims)
             continue
         try:
             entry = get_entry(name)
@@ -239,9 +257,15 @@ def build_config(task: Task, model: str, budget: Budget, run_dir: Path, splits_f
                                        cache_dir=str(cache_dir), batch_size=budget.batch_size,
                                        num_workers=budget.workers)
     variant = task.variants.get(model)
-    data["model"] = {"name": variant.model if variant else model, "spatial_dims": task.spatial_dims,
+    if variant is not None:
+        data["data"].update(variant.data)
+        data.setdefault("inference", {}).update(variant.inference)
+    data["model"] = {"name": variant.model if variant else model,
+                     "spatial_dims": (variant and variant.spatial_dims) or task.spatial_dims,
                      "options": dict(variant.options if variant else task.model_options.get(model, {})),
                      "encoder_weights": budget.encoder_weights}
+    if variant is not None and variant.size_option is not None:
+        data["model"]["options"][variant.size_option] = list(budget.size)
     if variant is not None and variant.pointrend is not None:
         data["model"]["pointrend"] = dict(variant.pointrend)
     if variant is not None and variant.adversarial is not None:
@@ -310,7 +334,9 @@ def run_model(task: Task, model: str, budget: Budget, out: Path, splits_file: Pa
     summary = evaluate_folders(evaluated, test_masks, out_dir=run_dir / "evaluation", metrics=metrics,
                                progress=progress)
     loaded = load_models([checkpoint], torch.device("cpu"))[0]
-    x = torch.zeros(1, task.in_channels, *budget.size)
+    variant = task.variants.get(model)
+    shape = variant.input_shape(task, budget.size) if variant else (task.in_channels, *budget.size)
+    x = torch.zeros(1, *shape)
     return Row(model=model, parameters=count_parameters(loaded.model),
                gmacs=count_macs(loaded.model, x) / 1e9, train_minutes=train_seconds / 60.0,
                epochs=result.epochs_run, summary=summary.data)

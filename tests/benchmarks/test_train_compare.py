@@ -117,3 +117,35 @@ def test_polyp_front_end_end_to_end(tmp_path, peer):
     assert len(list((tmp_path / "out" / "unet" / "probabilities").glob("*.tif"))) == 2
     # a second run refuses to overwrite the first
     assert tc.main(task, polyp.parser(), argv) == 2
+
+
+def test_hippocampus_2p5d_variant_is_a_2d_unet_on_slice_windows(tmp_path):
+    import hippocampus
+
+    size = (32, 48, 32)
+    settings = budget(size=size, loss="dice_ce")
+    assert tc.check_models(["unet", "unet2p5d"], hippocampus.TASK, settings) == ["unet", "unet2p5d"]
+    folders = (tmp_path / "splits.json", tmp_path / "data", tmp_path / "cache")
+    config = tc.build_config(hippocampus.TASK, "unet2p5d", settings, tmp_path / "run", *folders)
+    assert config.data.slices == 2 and config.data.patch_size == (64, 48) and config.data.batch_size == 32
+    assert config.model.spatial_dims == 2 and config.inference.mode == "whole"
+    assert config.model.options == hippocampus.UNET_LAYOUT  # the 3D row's U-Net layout, in 2D
+    reference = tc.build_config(hippocampus.TASK, "unet", settings, tmp_path / "run3d", *folders)
+    assert reference.data.slices is None and reference.data.patch_size == size
+    assert reference.model.spatial_dims == 3 and reference.inference.mode == "sliding_window"
+    variant = hippocampus.TASK.variants["unet2p5d"]
+    assert variant.input_shape(hippocampus.TASK, size) == (5, 64, 48)
+
+
+def test_hippocampus_unetr_row_takes_the_training_size_as_img_size(tmp_path):
+    import hippocampus
+
+    size = (32, 48, 32)
+    config = tc.build_config(hippocampus.TASK, "unetr", budget(size=size), tmp_path / "run",
+                             tmp_path / "splits.json", tmp_path / "data", tmp_path / "cache")
+    assert config.model.name == "unetr"
+    assert config.model.options == {**hippocampus.UNETR_OPTIONS, "img_size": list(size)}
+    assert hippocampus.VARIANTS["unetr"].options == hippocampus.UNETR_OPTIONS  # the variant is not mutated
+    other = tc.build_config(hippocampus.TASK, "residual_unet3d", budget(size=size), tmp_path / "run",
+                            tmp_path / "splits.json", tmp_path / "data", tmp_path / "cache")
+    assert "img_size" not in other.model.options

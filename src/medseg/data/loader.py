@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from medseg.data.cache import PreprocessedCache
 from medseg.data.sampling import PatchSampler
+from medseg.data.slices import SliceSampler
 from medseg.errors import MedsegError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -76,14 +77,16 @@ class PatchDataset(EpochBatches):
     Args:
         cache: a prepared :class:`~medseg.data.cache.PreprocessedCache`.
         case_ids: the training cases.
-        sampler: draws the patches (patch size, foreground share, padding).
+        sampler: draws the patches (patch size, foreground share, padding); a
+            :class:`~medseg.data.slices.SliceSampler` draws 2D patches of slice windows (2.5D).
         batch_size: patches per batch.
         batches_per_epoch: the epoch length (nnU-Net: 250 iterations).
         seed: the one seed of the stream; ``rank`` separates the streams of distributed processes.
     """
 
-    def __init__(self, cache: PreprocessedCache, case_ids: Sequence[str], sampler: PatchSampler,
-                 batch_size: int, batches_per_epoch: int, seed: int = 0, rank: int = 0) -> None:
+    def __init__(self, cache: PreprocessedCache, case_ids: Sequence[str],
+                 sampler: PatchSampler | SliceSampler, batch_size: int, batches_per_epoch: int, seed: int = 0,
+                 rank: int = 0) -> None:
         super().__init__(cache, case_ids, batch_size, seed, rank)
         if batches_per_epoch < 1:
             raise MedsegError(f"training loader: batches per epoch {batches_per_epoch} must be positive")
@@ -170,22 +173,32 @@ def build_train_loader(cache: PreprocessedCache, case_ids: Sequence[str], patch_
                        batch_size: int, foreground_fraction: float = 0.33, seed: int = 0,
                        num_workers: int = 0, *, batches_per_epoch: int = 250, pin_memory: bool | None = None,
                        image_pad_value: float = 0.0, label_pad_value: int = 0, rank: int = 0,
-                       world_size: int = 1, prefetch_factor: int = 2) -> SeededLoader:
+                       world_size: int = 1, prefetch_factor: int = 2, slices: int | None = None,
+                       slice_axes: Sequence[int] = (0,)) -> SeededLoader:
     """The training loader: ``(image [B, C, *patch] float32, label [B, L, *patch] integer)`` batches.
 
     ``patch_size`` ``None`` gives whole-image mode (one seeded pass over the cases per epoch, split between
     the ``world_size`` ranks; equal shapes needed; ``batches_per_epoch`` unused). In patch mode each rank
     draws its own stream. Memory is pinned when CUDA is available (unless ``pin_memory`` says otherwise);
     worker RNGs are seeded from ``seed``; the batches depend only on ``seed``, ``rank`` and the epoch.
+    ``slices`` k (2.5D, :mod:`medseg.data.slices`): 2D patches of ``patch_size`` from windows of ``2k + 1``
+    slices across one of ``slice_axes`` (``[B, C * (2k + 1), *patch]``); needs a 2D ``patch_size``.
     """
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     options: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin, "worker_init_fn": seed_worker,
                                "generator": torch.Generator().manual_seed(seed)}
     if num_workers > 0:
         options["prefetch_factor"] = prefetch_factor
-    if patch_size is None:
+    if slices is not None:
+        if patch_size is None:
+            raise MedsegError("training loader: 2.5D slices need a 2D patch size")
+        sampler: PatchSampler | SliceSampler = SliceSampler(
+            patch_size, slices, slice_axes, foreground_fraction, seed, image_pad_value=image_pad_value,
+            label_pad_value=label_pad_value)
+    elif patch_size is None:
         return SeededLoader(WholeImageDataset(cache, case_ids, batch_size, seed, rank, world_size), **options)
-    sampler = PatchSampler(patch_size, foreground_fraction, seed, image_pad_value=image_pad_value,
-                           label_pad_value=label_pad_value)
+    else:
+        sampler = PatchSampler(patch_size, foreground_fraction, seed, image_pad_value=image_pad_value,
+                               label_pad_value=label_pad_value)
     return SeededLoader(PatchDataset(cache, case_ids, sampler, batch_size, batches_per_epoch, seed, rank),
                         **options)

@@ -289,9 +289,9 @@ class PostprocessConfig:
 class InferenceConfig:
     """Prediction: ``whole`` images, ``sliding_window`` over ``patch_size`` (None: the training patch)
     with ``step`` (fraction of the patch) and Gaussian importance weights (sigma ``sigma_scale`` x
-    patch), ``window_batch_size`` windows per forward; mirroring TTA over ``mirror_axes`` (None: all);
-    logits accumulated on the device or the CPU (``auto``: CPU when the volume does not fit); binary /
-    multilabel ``threshold``; optional probability maps and 2D overlays."""
+    patch), ``window_batch_size`` windows per forward (slices with ``data.slices``); mirroring TTA over
+    ``mirror_axes`` (None: all); logits accumulated on the device or the CPU (``auto``: CPU when the volume
+    does not fit); binary / multilabel ``threshold``; optional probability maps and 2D overlays."""
 
     mode: Literal["auto", "whole", "sliding_window"] = "auto"
     patch_size: tuple[int, ...] | None = bounded(None, ge=1)
@@ -328,10 +328,17 @@ class RunConfig:
         dims = self.spatial_dims
         sizes = {"data.patch_size": self.data.patch_size, "data.resize": self.data.resize,
                  "data.spacing": self.data.spacing, "inference.patch_size": self.inference.patch_size}
+        self._check_slices()
         for name, value in sizes.items():
             if value is not None and len(value) not in (2, 3):
                 raise ConfigError(f"{name}: {list(value)} must have 2 or 3 values (one per spatial axis)")
-            if value is not None and dims is not None and len(value) != dims:
+            if self.data.slices is not None and value is not None:  # a 2D model on 3D volumes
+                volume = name in ("data.spacing", "data.resize")
+                if len(value) != (3 if volume else 2):
+                    raise ConfigError(f"{name}: {list(value)} has {len(value)} values but with data.slices "
+                                      f"it is the {'3D volume' if volume else '2D slice'}'s "
+                                      f"({3 if volume else 2} values)")
+            elif value is not None and dims is not None and len(value) != dims:
                 raise ConfigError(f"{name}: {list(value)} has {len(value)} values but the run is {dims}D")
         channels = self.data.output_channels(None)
         if None not in (channels, self.model.num_classes) and channels != self.model.num_classes:
@@ -344,6 +351,23 @@ class RunConfig:
             raise ConfigError(f"schedule.milestones: {max(milestones):g} is not before the end of the run "
                               f"(train.epochs {self.train.epochs}), so it would never apply; milestones are "
                               "epochs, not steps")
+
+    def _check_slices(self) -> None:
+        """2.5D input (``data.slices``) feeds a 2D model, predicted on whole slices."""
+        if self.data.slices is None:
+            return
+        from medseg.models.registry import model_info
+
+        if self.model.spatial_dims == 3:
+            raise ConfigError("data.slices: 2.5D input feeds a 2D model, but model.spatial_dims is 3 (set 2, "
+                              "or drop data.slices for a 3D model)")
+        if 2 not in model_info(self.model.name)["dims"]:
+            raise ConfigError(f"data.slices: 2.5D input feeds a 2D model; {self.model.name} is 3D only")
+        if self.inference.mode == "sliding_window" or self.inference.patch_size is not None:
+            raise ConfigError("inference.mode: 2.5D prediction runs the 2D model on whole slices; leave "
+                              "inference.mode auto (or whole) and inference.patch_size null")
+        if self.model.pointrend is not None:
+            raise ConfigError("model.pointrend: not available with 2.5D input (data.slices)")
 
     def _check_task(self) -> None:
         """Instance models (registry ``task: instance``) and ``label_mode: instance`` go together, with
@@ -375,6 +399,8 @@ class RunConfig:
         """The run's dimensionality: ``model.spatial_dims`` or the length of a patch / resize shape."""
         if self.model.spatial_dims is not None:
             return self.model.spatial_dims
+        if self.data.slices is not None:
+            return 2
         for shape in (self.data.patch_size, self.data.resize, self.inference.patch_size):
             if shape is not None:
                 return len(shape)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from medseg.config_types import ConfigError, bounded
 from medseg.data.preprocess import parse_label_mapping
+from medseg.data.slices import SliceAxis
 from medseg.errors import MedsegError
 
 LabelMode = Literal["binary", "multiclass", "multilabel", "instance"]
@@ -46,6 +47,12 @@ class DataConfig:
     augmentation, for instance models (Mask R-CNN); objects of fewer than ``min_instance_pixels`` pixels
     in a training patch are not targets. ``binarize_labels``: every nonzero label value becomes 1 (a
     binary model on instance label maps, e.g. U-Net + watershed).
+    ``slices`` k (2.5D, :mod:`medseg.data.slices`): a 2D model gets the ``2k + 1`` neighbouring slices of
+    each 3D volume as channels (``in_channels`` = image channels x (2k + 1)) and predicts the centre slice
+    (edge slices repeated); ``patch_size`` is then the 2D patch of a slice, ``spacing`` / ``resize`` stay
+    3D. ``slice_axis``: ``auto`` (across the coarsest spacing of the preprocessed training volumes, axial on
+    a tie), ``axial`` (array axis 0, the file's last voxel axis), ``coronal`` (1), ``sagittal`` (2) or
+    ``triplanar`` (one 2D model trained on slices of all three, predictions averaged as probabilities).
     """
 
     root: str | None = None
@@ -72,8 +79,17 @@ class DataConfig:
     foreground_fraction: float = bounded(0.33, ge=0, le=1)
     batch_size: int = bounded(2, ge=1)
     num_workers: int = bounded(2, ge=0)
+    slices: int | None = bounded(None, ge=0)
+    slice_axis: SliceAxis = "auto"
 
     def check(self, key: str) -> None:
+        if self.slices is None and self.slice_axis != "auto":
+            raise ConfigError(f"{key}.slice_axis: applies to 2.5D input only; set {key}.slices (e.g. 2)")
+        if self.slices is not None and self.label_mode == "instance":
+            raise ConfigError(f"{key}.slices: 2.5D input is for semantic models, not label_mode instance")
+        if self.slices is not None and self.patch_size is None:
+            raise ConfigError(f"{key}.slices: 2.5D training draws 2D patches of slices; set {key}.patch_size "
+                              "(2 values, e.g. the in-plane size)")
         if self.fold is not None and self.fold >= self.folds:
             raise ConfigError(f"{key}.fold: {self.fold} must be below {key}.folds ({self.folds})")
         if self.label_mode == "binary" and self.num_classes not in (None, 1):

@@ -39,7 +39,7 @@ from typing import Literal, TypeVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from medseg.errors import MedsegError, check_choice
 from medseg.layers import resize_to
@@ -174,6 +174,25 @@ def predict_mirrored(predictor: Predictor, batch: Tensor, mirror_axes: Sequence[
         dims = [a + 2 for a in axes]
         logits += torch.flip(main_logits(predictor(torch.flip(batch, dims))), dims)
     return logits.div_(len(combinations) + 1)
+
+
+class PaddedPredictor(nn.Module):
+    """Pads a batch (zeros after the end of each axis) to the network's input multiple (U-Net:
+    ``2 ** depth``) and crops the logits back; returns the main logits as a Tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.multiple = int(getattr(model, "input_multiple", 1) or 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[2:]
+        pad: list[int] = []
+        for n in reversed(size):
+            pad += [0, -n % self.multiple]
+        padded = F.pad(x, pad) if any(pad) else x
+        logits = main_logits(self.model(padded))
+        return logits[(slice(None), slice(None), *(slice(0, n) for n in size))] if any(pad) else logits
 
 
 # ----------------------------------------------------------------------------------------------------

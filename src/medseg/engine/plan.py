@@ -43,6 +43,7 @@ from medseg.data import (
 from medseg.data.datasets import Dataset, kfold_splits
 from medseg.data.geometry import DataError
 from medseg.data.loader import SeededLoader
+from medseg.data.slices import resolve_slice_axes
 from medseg.encoders import Encoder, load_encoder_weights
 from medseg.engine.checkpoint import load_initial_weights, unwrap_model
 from medseg.engine.config import RunConfig, lr_factor_function
@@ -85,6 +86,10 @@ class DataPlan:
     num_classes: int
     spatial_dims: int
     class_names: list[str] | None
+    slices: int | None = None
+    slice_axes: tuple[int, ...] = ()
+    """2.5D (``data.slices``): k and the resolved array axes; ``in_channels`` and ``spatial_dims`` are then
+    the 2D model's (image channels x (2k + 1), 2), the cached volumes stay 3D."""
 
 
 def _ensure_synthetic(config: RunConfig, ctx: DistributedContext) -> None:
@@ -182,9 +187,13 @@ def prepare_data(config: RunConfig, paths: RunPaths, ctx: DistributedContext, re
         raise MedsegError(f"data.root: no labelled cases found in {data.root}")
     train_ids, val_ids = _split(config, dataset, paths, resume)
     channels, dims = _probe(dataset)
-    if config.model.in_channels not in (None, channels):
-        raise MedsegError(f"model.in_channels: {config.model.in_channels} but the images have {channels}")
-    if config.spatial_dims not in (None, dims):
+    model_channels = channels if data.slices is None else channels * (2 * data.slices + 1)
+    if config.model.in_channels not in (None, model_channels):
+        raise MedsegError(f"model.in_channels: {config.model.in_channels} but the images have {channels}"
+                          + ("" if data.slices is None else f" channels x {2 * data.slices + 1} slices"))
+    if data.slices is not None and dims != 3:
+        raise MedsegError(f"data.slices: 2.5D input cuts 3D volumes into slices, the images are {dims}D")
+    if data.slices is None and config.spatial_dims not in (None, dims):
         raise MedsegError(f"model.spatial_dims: the run is {config.spatial_dims}D but the images are {dims}D")
     preprocessor = build_preprocessor(config, dataset, channels, dims, train_ids)
     cache_root = Path(data.cache_dir) if data.cache_dir is not None else paths.root / "cache"
@@ -201,7 +210,21 @@ def prepare_data(config: RunConfig, paths: RunPaths, ctx: DistributedContext, re
     names = data.class_names
     if names is None and dataset.class_names:
         names = [dataset.class_names[k] for k in sorted(dataset.class_names) if k != 0]
-    return DataPlan(cache, train_ids, val_ids, channels, num_classes, dims, names)
+    if data.slices is None:
+        return DataPlan(cache, train_ids, val_ids, channels, num_classes, dims, names)
+    axes = _slice_axes(config, cache, train_ids)
+    logger.info("2.5D input: %d slices across array axis %s as channels of a 2D model", 2 * data.slices + 1,
+                "/".join(map(str, axes)))
+    return DataPlan(cache, train_ids, val_ids, model_channels, num_classes, 2, names, data.slices, axes)
+
+
+def _slice_axes(config: RunConfig, cache: PreprocessedCache, train_ids: Sequence[str]) -> tuple[int, ...]:
+    """``data.slice_axis`` as array axes; ``auto`` from the median spacing of the preprocessed training
+    volumes (:func:`~medseg.data.slices.resolve_slice_axes`)."""
+    spacings = [cache.info(case_id).get("spacing") for case_id in train_ids]
+    known = [s for s in spacings if s is not None and len(s) == 3]
+    spacing = np.median(np.asarray(known, float), axis=0) if known else None
+    return resolve_slice_axes(config.data.slice_axis, spacing)
 
 
 # ------------------------------------------------------------------------------------------ batches
@@ -413,7 +436,7 @@ def plan_training(config: RunConfig, data: DataPlan, ctx: DistributedContext, de
         data.cache, data.train_ids, config.data.patch_size, config.data.batch_size,
         config.data.foreground_fraction, train.seed, config.data.num_workers,
         batches_per_epoch=train.iterations_per_epoch or DEFAULT_PATCH_BATCHES, rank=ctx.rank,
-        world_size=ctx.world_size)
+        world_size=ctx.world_size, slices=data.slices, slice_axes=data.slice_axes or (0,))
     batches_per_epoch = len(loader)
     if config.data.patch_size is None and train.iterations_per_epoch is not None:
         # whole images: an epoch is one seeded pass, cut short to a (per-epoch random) subset

@@ -2,7 +2,8 @@
 
 Per case (nnU-Net's ``predict_from_raw_data`` structure): read the image with its geometry, preprocess it
 with the checkpoint's :class:`~medseg.data.Preprocessor`, predict logits (whole image, or Gaussian-weighted
-sliding window when a patch size is known; mirroring TTA; several checkpoints averaged as probabilities),
+sliding window when a patch size is known, slice by slice for 2.5D checkpoints (:mod:`medseg.data.slices`);
+mirroring TTA; several checkpoints averaged as probabilities),
 convert to labels (threshold / argmax), postprocess, map back to the source grid
 (:meth:`Preprocessor.revert`) and write the mask under the source case id, with optional probabilities and
 a PNG overlay for 2D images.
@@ -24,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -33,10 +33,13 @@ from medseg.data.datasets import Case, cases_of_files, image_files, is_nnunet_fo
 from medseg.data.geometry import DataError, Geometry
 from medseg.data.io import case_id, image_extension, lossless_mask_path, write_image, write_mask
 from medseg.data.preprocess import PreprocessedCase, Preprocessor
+from medseg.data.slices import SlicePredictor
 from medseg.engine.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
 from medseg.engine.device import resolve_device
 from medseg.engine.display import OVERLAY_COLOURS, display_image, overlay_png  # noqa: F401 (re-exported)
 from medseg.engine.inference import (
+    PaddedPredictor,
+    Predictor,
     ensemble_predict,
     logits_to_labels,
     logits_to_probabilities,
@@ -46,7 +49,6 @@ from medseg.engine.inference import (
 from medseg.engine.postprocess import PostprocessOptions, postprocess
 from medseg.errors import MedsegError
 from medseg.fileio import remove_stale_temporaries_of, write_bytes_atomically
-from medseg.outputs import main_logits
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +78,19 @@ class LoadedModel:
     inference: dict[str, Any]
     patch_size: tuple[int, ...] | None
     channels_suffix: bool | None = None
+    slices: int | None = None
+    slice_axes: tuple[int, ...] = ()
+    """2.5D checkpoints (``data.slices``): k and the array axes; ``in_channels`` and ``spatial_dims`` are
+    then the images' (the 2D network takes ``in_channels x (2k + 1)`` channels)."""
+
+    def predictor(self) -> Predictor:
+        """The network padded to its input multiple; for a 2.5D checkpoint, volumes rebuilt slice by slice
+        (tri-planar: probabilities averaged over the axes), ``window_batch_size`` slices per forward."""
+        padded = PaddedPredictor(self.model)
+        if self.slices is None:
+            return padded
+        batch = int(self.inference.get("window_batch_size") or 4)
+        return SlicePredictor(padded, self.slice_axes, self.slices, self.label_mode, batch)
 
 
 def _patch_size(ckpt: Mapping[str, Any]) -> tuple[int, ...] | None:
@@ -100,13 +115,19 @@ def load_models(checkpoints: Sequence[str | Path], device: torch.device) -> list
             model = build_model_from_checkpoint(ckpt)
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
+        inference = dict(ckpt.get("inference") or {})
+        slices = inference.get("slices")
+        width = 1 if slices is None else 2 * int(slices) + 1
         loaded.append(LoadedModel(
             path=path, model=model.to(device).eval(), label_mode=str(ckpt.get("label_mode", "binary")),
-            class_names=ckpt.get("class_names"), in_channels=int(record["in_channels"]),
-            num_classes=int(record["num_classes"]), spatial_dims=int(record["spatial_dims"]),
-            preprocessing=dict(ckpt.get("preprocessing") or {}), inference=dict(ckpt.get("inference") or {}),
-            patch_size=_patch_size(ckpt),
-            channels_suffix=((ckpt.get("config") or {}).get("data") or {}).get("channels_suffix")))
+            class_names=ckpt.get("class_names"), in_channels=int(record["in_channels"]) // width,
+            num_classes=int(record["num_classes"]),
+            spatial_dims=int(record["spatial_dims"]) if slices is None else 3,
+            preprocessing=dict(ckpt.get("preprocessing") or {}), inference=inference,
+            patch_size=_patch_size(ckpt) if slices is None else None,
+            channels_suffix=((ckpt.get("config") or {}).get("data") or {}).get("channels_suffix"),
+            slices=None if slices is None else int(slices),
+            slice_axes=tuple(int(a) for a in inference.get("slice_axes") or ())))
     _check_compatible(loaded)
     return loaded
 
@@ -118,24 +139,6 @@ def _check_compatible(models: Sequence[LoadedModel]) -> None:
             if getattr(other, key) != getattr(first, key):
                 raise CheckpointError(f"checkpoint {other.path} cannot be ensembled with {first.path}: its "
                                       f"{key} {getattr(other, key)!r} differs from {getattr(first, key)!r}")
-
-
-class _PaddedPredictor(nn.Module):
-    """Pads a batch to the network's input multiple (U-Net: ``2 ** depth``) and crops the logits back."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.multiple = int(getattr(model, "input_multiple", 1) or 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        size = x.shape[2:]
-        pad: list[int] = []
-        for n in reversed(size):
-            pad += [0, -n % self.multiple]
-        padded = F.pad(x, pad) if any(pad) else x
-        logits = main_logits(self.model(padded))
-        return logits[(slice(None), slice(None), *(slice(0, n) for n in size))] if any(pad) else logits
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -225,7 +228,7 @@ def _predict_probabilities(models: Sequence[LoadedModel], image: Tensor, setting
     """Logits (one model; ``False``) or averaged probabilities (an ensemble; ``True``) ``[K, *spatial]``."""
     first = models[0]
     options = _window_options(settings, models, device, image.ndim - 1)
-    predictors = [_PaddedPredictor(m.model) for m in models]
+    predictors = [m.predictor() for m in models]
     if len(predictors) == 1:
         return predict_logits(predictors[0], image, first.num_classes, **options), False
     return ensemble_predict(predictors, image, first.num_classes, first.label_mode, **options), True

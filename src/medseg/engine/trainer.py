@@ -187,7 +187,9 @@ class Trainer:
 
     def checkpoint(self, with_training: bool) -> dict[str, Any]:
         inference = config_to_dict(self.config.inference)
-        if inference["patch_size"] is None and self.config.data.patch_size is not None:
+        if self.plan.slices is not None:  # 2.5D: whole slices, see medseg.data.slices
+            inference.update(slices=self.plan.slices, slice_axes=list(self.plan.slice_axes))
+        elif inference["patch_size"] is None and self.config.data.patch_size is not None:
             inference["patch_size"] = list(self.config.data.patch_size)
         training = None
         if with_training:

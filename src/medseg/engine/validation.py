@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from medseg.data.instances import label_map_from_masks
+from medseg.data.slices import SlicePredictor
 from medseg.engine.config import LOWER_IS_BETTER, RunConfig
 from medseg.engine.distributed import DistributedContext, all_reduce_sum
-from medseg.engine.inference import probabilities_to_labels
+from medseg.engine.inference import PaddedPredictor, probabilities_to_labels
 from medseg.engine.plan import DataPlan
 from medseg.metrics import evaluate_case
 from medseg.metrics.instance import InstanceEvaluation
@@ -48,6 +49,10 @@ class Validator:
         self.patch = config.inference.patch_size or config.data.patch_size
 
     def predict(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        if self.plan.slices is not None:  # 2.5D: the volume rebuilt from whole-slice predictions
+            predictor = SlicePredictor(PaddedPredictor(model), self.plan.slice_axes, self.plan.slices,
+                                       self.config.data.label_mode, self.config.inference.window_batch_size)
+            return predictor.volume_logits(image).float()
         if self.patch is None:
             return main_logits(model(image[None]))[0].float()
         from medseg.engine.inference import sliding_window_inference
