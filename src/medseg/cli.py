@@ -241,6 +241,49 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
+# medseg plan
+# ----------------------------------------------------------------------------------------------------
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def configure_plan(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, metavar="DATA", help="data set folder or .csv/.json list")
+    parser.add_argument("--memory-gb", type=_positive_float, default=8.0, metavar="G",
+                        help="training memory budget of the device in GB (default: 8)")
+    parser.add_argument("--minutes", type=_positive_float, default=60.0, metavar="M",
+                        help="training time budget in minutes, for the epoch count (default: 60)")
+    parser.add_argument("--out", type=Path, default=None, metavar="PRESET.yaml",
+                        help="the preset to write (default: plan-<data folder>.yaml)")
+    parser.add_argument("--jobs", type=_non_negative_int, default=default_workers(), metavar="N",
+                        help=f"processes reading cases (default: one per core, here {default_workers()})")
+    parser.add_argument("--cache", type=Path, default=None, metavar="PATH.json",
+                        help="fingerprint cache (default: runs/fingerprints/<data folder>.json)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the memory and the training steps are measured (default: auto)")
+    _add_channels_suffix(parser)
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from medseg.engine.autoplan import plan_path
+
+    out = plan_path(args.data, memory_gb=args.memory_gb, minutes=args.minutes, out=args.out, jobs=args.jobs,
+                    cache=args.cache, device=args.device, progress=not args.no_progress,
+                    channels_suffix=args.channels_suffix,
+                    argv=args.argv if args.argv is not None else sys.argv[1:])
+    print(f"{PROG}: wrote {out} (train it with: {PROG} train {out})", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
 # medseg evaluate
 # ----------------------------------------------------------------------------------------------------
 
@@ -593,6 +636,8 @@ COMMANDS: tuple[Command, ...] = (
             configure_benchmark, run_benchmark),
     Command("check", "read every case of a data set and report all its problems, then a summary",
             configure_check, run_check),
+    Command("plan", "fingerprint a data set and write an editable training preset (nnU-Net's rules)",
+            configure_plan, run_plan),
     Command("evaluate", "compare predictions with the ground truth: metrics.csv, summary.json, report.html",
             configure_evaluate, run_evaluate),
     Command("train", "train a model from a YAML config: checkpoints, log.csv, progress.png (--resume)",

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from medseg.cli import main
-from medseg.data.check import _process_pool, check_dataset
+from medseg.data.check import check_dataset, process_pool
 from medseg.data.geometry import DataError
 from medseg.data.io import inspect_image, read_image, read_mask, write_image
 
@@ -244,11 +244,11 @@ def test_workers_do_not_change_the_report(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_process_pool_is_used_only_for_workers_and_several_cases() -> None:
-    with _process_pool(2, 5) as pool:
+    with process_pool(2, 5) as pool:
         assert isinstance(pool, ProcessPoolExecutor)
         assert pool.submit(os.getpid).result() != os.getpid()  # the cases are read in other processes
     for workers, cases in ((0, 5), (2, 1)):
-        with _process_pool(workers, cases) as pool:
+        with process_pool(workers, cases) as pool:
             assert pool is None
 
 

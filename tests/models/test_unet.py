@@ -180,3 +180,19 @@ def test_concat_skip_is_the_default_and_bad_skip_raises() -> None:
     assert _UNet(2, 1, 1, depth=2, features=4).skips is None
     with pytest.raises(MedsegError, match="skip"):
         _UNet(2, 1, 1, depth=2, features=4, skip="sum")
+
+
+def test_anisotropic_pool_kernels_skip_the_thick_axis() -> None:
+    """nnU-Net-style pool kernels: no pooling along the first axis at the first two steps, so 8 slices
+    go through three steps (multiples (2, 8, 8)); each axis is checked against its own multiple."""
+    model = UNet(3, 1, 2, features=4, pool_kernels=[[1, 2, 2], [1, 2, 2], [2, 2, 2]])
+    assert model.depth == 3 and model.axis_multiples == [2, 8, 8] and model.input_multiple == 8
+    pools = [level[0] for level in list(model.encoder.levels)[1:]]
+    assert [tuple(p.kernel_size) for p in pools] == [(1, 2, 2), (1, 2, 2), (2, 2, 2)]
+    features = model.encoder(torch.randn(1, 1, 8, 32, 32))
+    assert [tuple(f.shape[2:]) for f in features] == [(8, 32, 32), (8, 16, 16), (8, 8, 8), (4, 4, 4)]
+    assert model(torch.randn(1, 1, 6, 16, 24)).shape == (1, 2, 6, 16, 24)
+    with pytest.raises(InputSizeError, match=r"multiples of \(2, 8, 8\)"):
+        model(torch.randn(1, 1, 8, 12, 16))
+    with pytest.raises(MedsegError, match="pool_kernels"):
+        UNet(3, 1, 2, pool_kernels=[[1, 3, 2]])

@@ -183,7 +183,7 @@ def _check_cases(cases: Sequence[Case], allowed: tuple[set[int], str] | None, wo
     bar = tqdm(total=len(cases), desc="check", unit="case", file=sys.stderr, disable=not progress,
                leave=False)
     results: list[CaseResult] = []
-    with bar, _process_pool(workers, len(cases)) as pool:
+    with bar, process_pool(workers, len(cases)) as pool:
         chunksize = max(1, min(8, len(cases) // (4 * max(workers, 1))))
         for result in map(check, cases) if pool is None else pool.map(check, cases, chunksize=chunksize):
             results.append(result)
@@ -192,7 +192,7 @@ def _check_cases(cases: Sequence[Case], allowed: tuple[set[int], str] | None, wo
 
 
 @contextlib.contextmanager
-def _process_pool(workers: int, num_cases: int) -> Iterator[Executor | None]:
+def process_pool(workers: int, num_cases: int) -> Iterator[Executor | None]:
     """A pool of ``workers`` processes (forked where possible: no start-up imports), or ``None`` for 0
     workers or a single case."""
     if workers < 1 or num_cases < 2:

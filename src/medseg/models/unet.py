@@ -14,6 +14,7 @@ all encoder levels at once, before the decoder.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -53,15 +54,17 @@ def level_widths(features: int | Sequence[int], depth: int) -> list[int]:
 
 class UpConvolution(nn.Sequential):
     """2x up-sampling to ``out_channels``: the 2x2 up-convolution of Fig. 1 (``transpose``) or
-    bilinear/trilinear interpolation followed by a 1x1 conv (``interpolate``)."""
+    bilinear/trilinear interpolation followed by a 1x1 conv (``interpolate``). ``scale`` (one factor per
+    axis, e.g. ``(1, 2, 2)``) undoes an anisotropic pooling step instead."""
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int,
-                 mode: str = "transpose") -> None:
+                 mode: str = "transpose", scale: Sequence[int] | None = None) -> None:
         check_choice("upsample", mode, UPSAMPLINGS)
+        factor: int | tuple[int, ...] = 2 if scale is None else tuple(int(s) for s in scale)
         if mode == "transpose":
-            super().__init__(layers.conv_transpose(spatial_dims, in_channels, out_channels, 2, 2))
+            super().__init__(layers.conv_transpose(spatial_dims, in_channels, out_channels, factor, factor))
         else:
-            super().__init__(layers.upsample(spatial_dims, 2, "linear"),
+            super().__init__(layers.upsample(spatial_dims, factor, "linear"),
                              layers.conv(spatial_dims, in_channels, out_channels, 1))
 
 
@@ -75,6 +78,20 @@ class ConcatSkip(nn.Module):
 
     def forward(self, up: Tensor, skip: Tensor) -> Tensor:
         return torch.cat([center_crop(skip, list(up.shape[2:])), up], dim=1)
+
+
+def check_pool_kernels(pool_kernels: Sequence[Sequence[int]] | None, spatial_dims: int, depth: int
+                       ) -> list[tuple[int, ...]] | None:
+    """Per down-sampling step one pooling factor (1 or 2) per axis, as nnU-Net's ``pool_op_kernel_sizes``
+    (Isensee et al. 2021: an axis of coarse spacing is not pooled at the first levels), or None (2 on
+    every axis)."""
+    if pool_kernels is None:
+        return None
+    kernels = [tuple(int(k) for k in step) for step in pool_kernels]
+    if len(kernels) != depth or any(len(k) != spatial_dims or set(k) - {1, 2} for k in kernels):
+        raise MedsegError(f"pool_kernels {[list(k) for k in kernels]}: expected {depth} steps of "
+                          f"{spatial_dims} factors, each 1 or 2")
+    return kernels
 
 
 def concat_skip(level: int, up_channels: int, skip_channels: int) -> nn.Module:
@@ -93,17 +110,20 @@ class UNetEncoder(nn.Module):
 
     def __init__(self, spatial_dims: int, in_channels: int, features: int | Sequence[int] = 64,
                  depth: int = 4, padding: str = "same", norm: str | None = "batch", act: str | None = "relu",
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, pool_kernels: Sequence[Sequence[int]] | None = None) -> None:
         super().__init__()
         check_choice("padding", padding, PADDINGS)
         widths = level_widths(features, depth)
+        kernels = check_pool_kernels(pool_kernels, spatial_dims, len(widths) - 1)
         self.channels = widths
         self.reductions = [2**level for level in range(depth + 1)]
         self.levels = nn.ModuleList()
         for level, width in enumerate(widths):
             conv = DoubleConv(spatial_dims, in_channels if level == 0 else widths[level - 1], width,
                               padding=padding, norm=norm, act=act, dropout=dropout if level == depth else 0.0)
-            self.levels.append(conv if level == 0 else nn.Sequential(layers.max_pool(spatial_dims, 2), conv))
+            pool = 2 if kernels is None or level == 0 else kernels[level - 1]
+            self.levels.append(conv if level == 0 else nn.Sequential(layers.max_pool(spatial_dims, pool),
+                                                                     conv))
 
     def forward(self, x: Tensor) -> list[Tensor]:
         features: list[Tensor] = []
@@ -118,9 +138,9 @@ class UNetDecoderLevel(nn.Module):
 
     def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, out_channels: int,
                  fuse: nn.Module, padding: str = "same", norm: str | None = "batch", act: str | None = "relu",
-                 upsample: str = "transpose") -> None:
+                 upsample: str = "transpose", scale: Sequence[int] | None = None) -> None:
         super().__init__()
-        self.up = UpConvolution(spatial_dims, in_channels, out_channels, upsample)
+        self.up = UpConvolution(spatial_dims, in_channels, out_channels, upsample, scale)
         self.fuse = fuse
         self.conv = DoubleConv(spatial_dims, int(fuse.out_channels), out_channels, padding=padding, norm=norm,
                                act=act)
@@ -136,21 +156,25 @@ class UNetDecoder(nn.Module):
     to ``channels[i]`` channels and combines it with encoder feature ``i`` through
     ``skip_factory(i, channels[i], skip_channels[i])`` (default :class:`ConcatSkip`; ``skip_channels``
     defaults to ``channels[:-1]``). ``forward`` returns the decoder outputs finest first
-    (``len(channels) - 1`` maps).
+    (``len(channels) - 1`` maps). ``pool_kernels``: the encoder's per-axis pooling factors, undone level
+    by level (see :func:`check_pool_kernels`).
     """
 
     def __init__(self, spatial_dims: int, channels: Sequence[int], padding: str = "same",
                  norm: str | None = "batch", act: str | None = "relu", upsample: str = "transpose",
-                 skip_factory: SkipFactory | None = None, skip_channels: Sequence[int] | None = None) -> None:
+                 skip_factory: SkipFactory | None = None, skip_channels: Sequence[int] | None = None,
+                 pool_kernels: Sequence[Sequence[int]] | None = None) -> None:
         super().__init__()
         factory = skip_factory or concat_skip
         self.channels = list(channels[:-1])
         skips = list(self.channels if skip_channels is None else skip_channels)
         if len(skips) != len(self.channels):
             raise MedsegError(f"skip_channels {skips}: expected {len(self.channels)} widths")
+        kernels = check_pool_kernels(pool_kernels, spatial_dims, len(self.channels))
         self.levels = nn.ModuleList(
             UNetDecoderLevel(spatial_dims, channels[i + 1], skips[i], channels[i],
-                             factory(i, channels[i], skips[i]), padding, norm, act, upsample)
+                             factory(i, channels[i], skips[i]), padding, norm, act, upsample,
+                             None if kernels is None else kernels[i])
             for i in reversed(range(len(channels) - 1)))
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
@@ -188,15 +212,22 @@ class UNet(SegmentationModel):
             combined by ``skip_factory`` as usual.
         sdi_channels: width c of the SDI skips (default: the first level's width).
         sdi_attention: the CBAM channel/spatial attention before the 1x1 convs of the SDI skips.
+        pool_kernels: per down-sampling step a pooling factor (1 or 2) per axis, nnU-Net's anisotropic
+            pooling (e.g. ``[[1, 2, 2], [1, 2, 2], [2, 2, 2]]`` for thick slices along the first axis);
+            sets ``depth``; each axis must then be a multiple of its own product of factors
+            (:attr:`axis_multiples`). None: 2 on every axis.
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, num_classes: int, depth: int = 4,
                  features: int | Sequence[int] = 64, padding: str = "same", norm: str | None = "batch",
                  act: str | None = "relu", upsample: str = "transpose", dropout: float = 0.0,
                  deep_supervision: bool = False, skip_factory: SkipFactory | None = None,
-                 skip: str = "concat", sdi_channels: int | None = None, sdi_attention: bool = True) -> None:
+                 skip: str = "concat", sdi_channels: int | None = None, sdi_attention: bool = True,
+                 pool_kernels: Sequence[Sequence[int]] | None = None) -> None:
         super().__init__()
         check_choice("skip", skip, SKIPS)
+        if pool_kernels is not None:
+            depth = len(pool_kernels)
         if deep_supervision and depth < 2:
             raise MedsegError("deep_supervision needs depth >= 2 (a decoder level below the finest)")
         if not isinstance(features, int):  # explicit level widths: the depth follows from them
@@ -204,8 +235,14 @@ class UNet(SegmentationModel):
         self.spatial_dims = layers.check_spatial_dims(spatial_dims)
         self.depth = depth
         self.padding = check_choice("padding", padding, PADDINGS)
-        self.input_multiple = 2**depth
-        self.encoder = UNetEncoder(spatial_dims, in_channels, features, depth, padding, norm, act, dropout)
+        kernels = check_pool_kernels(pool_kernels, spatial_dims, depth)
+        if kernels is not None and (padding != "same" or skip != "concat"):
+            raise MedsegError("pool_kernels needs padding 'same' and skip 'concat'")
+        self.axis_multiples = [2**depth] * spatial_dims if kernels is None else \
+            [math.prod(k[axis] for k in kernels) for axis in range(spatial_dims)]
+        self.input_multiple = max(self.axis_multiples)  # pads every axis enough (all are powers of 2)
+        self.encoder = UNetEncoder(spatial_dims, in_channels, features, depth, padding, norm, act, dropout,
+                                   kernels)
         widths = self.encoder.channels
         self.skips: SemanticDetailSkips | None = None
         skip_channels = None
@@ -214,7 +251,7 @@ class UNet(SegmentationModel):
             self.skips = SemanticDetailSkips(spatial_dims, widths, c, sdi_attention, targets=range(depth))
             skip_channels = [c] * depth
         self.decoder = UNetDecoder(spatial_dims, widths, padding, norm, act, upsample, skip_factory,
-                                   skip_channels)
+                                   skip_channels, kernels)
         self.head = SegmentationHead(spatial_dims, self.encoder.channels[0], num_classes)
         self.aux_heads = (DeepSupervisionHeads(spatial_dims, self.decoder.channels[1:], num_classes)
                           if deep_supervision else None)
@@ -231,6 +268,18 @@ class UNet(SegmentationModel):
         return logits
 
     # --- sizes: a multiple of 2 ** depth with same padding; the paper's rule with valid padding ---
+
+    def check_input(self, x: Tensor) -> None:
+        """With anisotropic ``pool_kernels`` each axis has its own multiple; else the shared rule."""
+        if torch.jit.is_scripting() or torch.compiler.is_compiling() or \
+                len(set(self.axis_multiples)) == 1 or x.dim() != self.spatial_dims + 2:
+            super().check_input(x)
+            return
+        for extent, multiple in zip(x.shape[2:], self.axis_multiples, strict=True):
+            if extent % multiple:
+                raise InputSizeError(f"{type(self).__name__}: input size {tuple(x.shape[2:])} does not work; "
+                                     f"the axes must be multiples of {tuple(self.axis_multiples)} "
+                                     "(the pool_kernels)")
 
     def _output_extent(self, size: int) -> int | None:
         """Output extent of one input extent, or None when the network cannot process it."""
