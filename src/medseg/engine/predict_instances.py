@@ -4,7 +4,7 @@ Called by :func:`medseg.engine.predict.predict_paths` when the checkpoint's labe
 Per case: read the image (channel files concatenated), preprocess it with the checkpoint's
 :class:`~medseg.data.Preprocessor`, run the model on the whole image (eval mode: boxes, labels, scores,
 masks), paint the masks into a label map (ids ``1..N`` in detection order, the best score on top where
-masks overlap; :func:`medseg.engine.validation.instance_label_map`), map it back to the source grid by
+masks overlap; :func:`instance_label_map`), map it back to the source grid by
 nearest neighbour (:meth:`Preprocessor.revert`) and write it as a 16-bit map (uint16; int32 TIFF/NIfTI
 past 65,535 objects) under the same case id and extension rules as semantic predictions (JPEG inputs get
 PNG outputs). Detections painted over entirely by better ones leave no id in the map.
@@ -32,17 +32,26 @@ from tqdm import tqdm
 from medseg.data.cases import read_case
 from medseg.data.datasets import Case
 from medseg.data.geometry import DataError
+from medseg.data.instances import label_map_from_masks
 from medseg.data.io import image_extension, lossless_mask_path, write_mask
 from medseg.data.preprocess import Preprocessor
-from medseg.engine.validation import instance_label_map
 from medseg.engine.watershed import instance_dtype
 from medseg.errors import MedsegError
 from medseg.fileio import remove_stale_temporaries_of, write_bytes_atomically, write_text_atomically
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INSTANCES_SUFFIX", "instance_boxes", "instance_outputs", "predict_instance_case",
-           "predict_instance_cases"]
+__all__ = ["INSTANCES_SUFFIX", "instance_boxes", "instance_label_map", "instance_outputs",
+           "predict_instance_case", "predict_instance_cases"]
+
+
+def instance_label_map(detection: dict[str, torch.Tensor]) -> tuple[np.ndarray, dict[int, float]]:
+    """An instance label map (ids ``1..N`` in detection order, the best score painted last) and the score
+    of each id from one image's detections ``{"masks" [N, H, W], "scores" [N], ...}``."""
+    scores = detection["scores"].detach().float().cpu().numpy()
+    masks = detection["masks"].detach().cpu().numpy()
+    ids = label_map_from_masks(masks, scores)
+    return ids, {i + 1: float(score) for i, score in enumerate(scores)}
 
 INSTANCES_SUFFIX = "_instances.json"
 

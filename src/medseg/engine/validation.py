@@ -20,17 +20,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.data.instances import label_map_from_masks
 from medseg.data.slices import SlicePredictor
 from medseg.engine.config import LOWER_IS_BETTER, RunConfig
 from medseg.engine.distributed import DistributedContext, all_reduce_sum
 from medseg.engine.inference import PaddedPredictor, probabilities_to_labels
 from medseg.engine.plan import DataPlan
+from medseg.engine.predict_instances import instance_label_map
 from medseg.metrics import evaluate_case
 from medseg.metrics.instance import InstanceEvaluation
 from medseg.outputs import main_logits
 
-__all__ = ["BestMetric", "InstanceValidator", "Validator", "instance_label_map"]
+__all__ = ["BestMetric", "InstanceValidator", "Validator"]
 
 
 def _label_maps(logits: torch.Tensor, label_mode: str, threshold: float) -> list[np.ndarray]:
@@ -94,15 +94,6 @@ class Validator:
             sums = all_reduce_sum(sums.to(self.device), self.ctx).cpu()
         return {f"val_{m}": (sums[2 * k] / sums[2 * k + 1]).item() if sums[2 * k + 1] > 0 else math.nan
                 for k, m in enumerate(self.metrics)}
-
-
-def instance_label_map(detection: dict[str, torch.Tensor]) -> tuple[np.ndarray, dict[int, float]]:
-    """An instance label map (ids ``1..N`` in detection order, the best score painted last) and the score
-    of each id from one image's detections ``{"masks" [N, H, W], "scores" [N], ...}``."""
-    scores = detection["scores"].detach().float().cpu().numpy()
-    masks = detection["masks"].detach().cpu().numpy()
-    ids = label_map_from_masks(masks, scores)
-    return ids, {i + 1: float(score) for i, score in enumerate(scores)}
 
 
 class InstanceValidator:
