@@ -131,6 +131,9 @@ def test_epochs_follow_the_timed_steps_and_the_validation_estimate(fast_measurem
     assert long.value("train.val_every") == 28
     big = _fingerprint([(100, 100)] * 10, [(1.0, 1.0)] * 10)
     assert validation_seconds(big, np.ones(2), [50, 50], 2, 0.6, 2) == pytest.approx(2 * 9 * 0.6 / 2 / 3)
+    volumes = _fingerprint([(10, 100, 100)] * 5, [(5.0, 1.0, 1.0)] * 5)  # 2.5D: 10 whole slices a volume
+    assert validation_seconds(volumes, np.array([5.0, 1.0, 1.0]), [100, 100], 2, 0.6, 2, axis=0) == \
+        pytest.approx(2 * 10 * 0.6 / 2 / 3)
 
 
 def test_instance_label_maps_are_planned_as_binary_foreground(fast_measurements) -> None:

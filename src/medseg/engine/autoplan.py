@@ -138,18 +138,18 @@ def choose_layout(fingerprint: DatasetFingerprint, spacing: np.ndarray, aniso: i
             raise MedsegError(f"{fingerprint.root}: --mode {mode} needs 3D volumes, but these are 2D images "
                               "(use --mode 2d or auto)")
         return Layout(2, "2D images")
-    shape = np.median(fingerprint.shapes * fingerprint.spacings / spacing, axis=0)
     if mode == "3d":
         return Layout(3, "volumes, 3D as asked (--mode 3d)")
     if mode in ("2d", "2.5d"):
         axis = aniso if aniso is not None else resolve_slice_axes("auto", spacing)[0]
         k = 0 if mode == "2d" else SLICE_NEIGHBOURS
-        return Layout(2, f"2.5D as asked (--mode {mode}): a 2D model on {2 * k + 1} slice(s) across axis "
+        kind = "2.5D" if k else "2D slice by slice"
+        return Layout(2, f"{kind} as asked (--mode {mode}): a 2D model on {2 * k + 1} slice(s) across axis "
                          f"{axis} (" + ("its anisotropic axis)" if aniso is not None else "the coarsest)"),
                       axis, k)
     if aniso is None:
         return Layout(3, "volumes (no strongly anisotropic axis)")
-    size = float(shape[aniso])
+    size = float(np.median(fingerprint.shapes[:, aniso] * fingerprint.spacings[:, aniso] / spacing[aniso]))
     if size < 2 * MIN_POOL_SIZE:
         reason = (f"2.5D: axis {aniso} is anisotropic and has a median {size:.3g} voxels at the target "
                   f"spacing, too few to pool more than once (< {2 * MIN_POOL_SIZE}); a 2D model on "
