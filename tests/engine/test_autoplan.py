@@ -189,7 +189,7 @@ def test_plan_then_train_it_unchanged(tmp_path: Path, monkeypatch: pytest.Monkey
     assert main(["plan", "polyps", "--minutes", "0.02", "--memory-gb", "1", "--jobs", "0", "--device", "cpu",
                  "--out", "plan.yaml", "--no-progress"]) == 0
     config = load_config("plan.yaml")
-    assert config.data.root == "polyps" and config.data.normalization == "rgb"
+    assert config.data.root == "polyps" and config.data.normalization == "rgb" and config.name == "plan"
     assert Path("runs/fingerprints/polyps.json").is_file()
     assert main(["train", "plan.yaml", "--no-progress"]) == 0
     assert Path(f"runs/{config.name}/last.pt").is_file()

@@ -647,6 +647,7 @@ def plan_path(data: str | Path, *, memory_gb: float = 8.0, minutes: float = 60.0
     cache = Path(cache) if cache is not None else Path("runs/fingerprints") / f"{stem}.json"
     fingerprint = dataset_fingerprint(data, cache=cache, jobs=jobs, progress=progress,
                                       channels_suffix=channels_suffix)
-    plan = plan_dataset(fingerprint, memory_gb, minutes, device, plan_command(argv), name=f"plan-{stem}",
-                        mode=mode)
-    return write_plan(plan, Path(out) if out is not None else Path(f"plan-{stem}.yaml"))
+    out = Path(out) if out is not None else Path(f"plan-{stem}.yaml")
+    plan = plan_dataset(fingerprint, memory_gb, minutes, device, plan_command(argv), name=out.stem,
+                        mode=mode)  # the preset is named as its file (as every preset in configs/)
+    return write_plan(plan, out)
