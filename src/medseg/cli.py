@@ -268,6 +268,10 @@ def configure_plan(parser: argparse.ArgumentParser) -> None:
                         help="fingerprint cache (default: runs/fingerprints/<data folder>.json)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the memory and the training steps are measured (default: auto)")
+    parser.add_argument("--mode", choices=("auto", "2d", "2.5d", "3d"), default="auto",
+                        help="2D, 2.5D (a 2D model on neighbouring slices) or 3D; auto: 2D images 2D, "
+                             "volumes 3D unless a thick-slice axis is too short to pool twice (then 2.5D); "
+                             "2d on volumes is slice by slice (default: auto)")
     _add_channels_suffix(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -277,7 +281,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
     out = plan_path(args.data, memory_gb=args.memory_gb, minutes=args.minutes, out=args.out, jobs=args.jobs,
                     cache=args.cache, device=args.device, progress=not args.no_progress,
-                    channels_suffix=args.channels_suffix,
+                    channels_suffix=args.channels_suffix, mode=args.mode,
                     argv=args.argv if args.argv is not None else sys.argv[1:])
     print(f"{PROG}: wrote {out} (train it with: {PROG} train {out})", file=sys.stderr)
     return 0

@@ -82,7 +82,7 @@ def test_anisotropic_target_spacing_is_the_tenth_percentile_of_the_thick_axis() 
 
 
 def test_anisotropic_volumes_plan_a_3d_unet_with_anisotropic_pooling(fast_measurements) -> None:
-    fp = _fingerprint([(12, 64, 64)] * 6, [(5.0, 1.0, 1.0), (5.5, 1.0, 1.0), (6.0, 1.0, 1.0)] * 2)
+    fp = _fingerprint([(20, 64, 64)] * 6, [(5.0, 1.0, 1.0), (5.5, 1.0, 1.0), (6.0, 1.0, 1.0)] * 2)
     plan = plan_dataset(fp, memory_gb=4, minutes=10, device="cpu")
     expected = float(np.percentile([5.0, 5.5, 6.0] * 2, 10))
     assert plan.value("data.spacing") == pytest.approx([expected, 1.0, 1.0])
@@ -93,7 +93,8 @@ def test_anisotropic_volumes_plan_a_3d_unet_with_anisotropic_pooling(fast_measur
     multiples = [math.prod(k[a] for k in kernels) for a in range(3)]
     assert all(p % m == 0 for p, m in zip(patch, multiples, strict=True))
     assert plan.value("data.normalization") == "zscore"  # float volumes, no negative values: MR
-    assert "anisotropic" in plan.yaml_text()
+    assert "anisotropic" in plan.yaml_text() and "enough to pool more than once" in plan.yaml_text()
+    assert "slices" not in plan.to_dict()["data"]
 
 
 def test_smaller_memory_budget_gives_a_smaller_patch_or_batch(fast_measurements) -> None:
@@ -130,6 +131,9 @@ def test_epochs_follow_the_timed_steps_and_the_validation_estimate(fast_measurem
     assert long.value("train.val_every") == 28
     big = _fingerprint([(100, 100)] * 10, [(1.0, 1.0)] * 10)
     assert validation_seconds(big, np.ones(2), [50, 50], 2, 0.6, 2) == pytest.approx(2 * 9 * 0.6 / 2 / 3)
+    volumes = _fingerprint([(10, 100, 100)] * 5, [(5.0, 1.0, 1.0)] * 5)  # 2.5D: 10 whole slices a volume
+    assert validation_seconds(volumes, np.array([5.0, 1.0, 1.0]), [100, 100], 2, 0.6, 2, axis=0) == \
+        pytest.approx(2 * 10 * 0.6 / 2 / 3)
 
 
 def test_instance_label_maps_are_planned_as_binary_foreground(fast_measurements) -> None:
@@ -142,7 +146,7 @@ def test_instance_label_maps_are_planned_as_binary_foreground(fast_measurements)
 def test_written_yaml_round_trips_and_validates(tmp_path: Path, fast_measurements) -> None:
     fp = _fingerprint([(12, 64, 64)] * 6, [(5.0, 1.0, 1.0)] * 6,
                       labels={0: 40000, 1: 5000, 2: 4152})
-    plan = plan_dataset(fp, memory_gb=2, minutes=5, device="cpu")
+    plan = plan_dataset(fp, memory_gb=2, minutes=5, device="cpu", mode="3d")  # 12 thick slices: auto is 2.5D
     path = write_plan(plan, tmp_path / "plan.yaml")
     text = path.read_text()
     data = yaml.safe_load(text)
@@ -185,7 +189,7 @@ def test_plan_then_train_it_unchanged(tmp_path: Path, monkeypatch: pytest.Monkey
     assert main(["plan", "polyps", "--minutes", "0.02", "--memory-gb", "1", "--jobs", "0", "--device", "cpu",
                  "--out", "plan.yaml", "--no-progress"]) == 0
     config = load_config("plan.yaml")
-    assert config.data.root == "polyps" and config.data.normalization == "rgb"
+    assert config.data.root == "polyps" and config.data.normalization == "rgb" and config.name == "plan"
     assert Path("runs/fingerprints/polyps.json").is_file()
     assert main(["train", "plan.yaml", "--no-progress"]) == 0
     assert Path(f"runs/{config.name}/last.pt").is_file()
@@ -211,8 +215,81 @@ def test_plan_of_an_anisotropic_synthetic_volume_set(tmp_path: Path, fast_measur
 
     write_lesion_dataset(tmp_path / "lesions", n_cases=5, shape=(8, 48, 48), spacing=(5.0, 1.0, 1.0))
     fp = dataset_fingerprint(tmp_path / "lesions", progress=False)
-    plan = plan_dataset(fp, memory_gb=2, minutes=5, device="cpu")
+    plan = plan_dataset(fp, memory_gb=2, minutes=5, device="cpu", mode="3d")  # 8 thick slices: auto is 2.5D
     assert plan.value("data.layout") == "decathlon" and plan.value("data.spacing") is None  # already there
     kernels = plan.value("model.options")["pool_kernels"]
     assert kernels[:2] == [[1, 2, 2], [1, 2, 2]] and plan.value("model.spatial_dims") == 3
     assert plan.value("data.patch_size")[0] == 8 and "axis 0 is anisotropic" in plan.yaml_text()
+
+
+def test_few_thick_slices_plan_2p5d_across_the_thick_axis(tmp_path: Path, fast_measurements) -> None:
+    """10 slices of 64 x 64 at 5 x 1 x 1 mm (array order): axis 0 cannot be pooled twice, so 2.5D, axial."""
+    from medseg.data.fingerprint import dataset_fingerprint
+    from medseg.data.synthetic import write_lesion_dataset
+
+    write_lesion_dataset(tmp_path / "thick", n_cases=5, shape=(10, 64, 64), spacing=(5.0, 1.0, 1.0))
+    fp = dataset_fingerprint(tmp_path / "thick", progress=False)
+    plan = plan_dataset(fp, memory_gb=2, minutes=5, device="cpu")
+    assert plan.value("data.slices") == 2 and plan.value("data.slice_axis") == "axial"
+    assert plan.value("data.patch_size") == [64, 64] and plan.value("model.spatial_dims") == 2
+    assert plan.value("model.in_channels") == 5 and plan.value("inference.mode") == "auto"
+    assert "pool_kernels" not in plan.value("model.options")  # in-plane 1 x 1 mm: isotropic pooling
+    assert len(fast_measurements["options"]["features"]) == 5  # 4 in-plane down-sampling steps of 64
+    config = load_config(write_plan(plan, tmp_path / "plan.yaml"))
+    assert config.data.slices == 2 and config.model.in_channels == 5 and config.spatial_dims == 2
+    assert config.data.spacing is None and "too few to pool more than once" in plan.yaml_text()
+
+
+def test_2p5d_slice_axis_follows_the_thick_array_axis(fast_measurements) -> None:
+    for spacing, name in (((1.0, 4.0, 1.0), "coronal"), ((1.0, 1.0, 6.0), "sagittal")):
+        shape = tuple(8 if s > 1 else 48 for s in spacing)
+        plan = plan_dataset(_fingerprint([shape] * 5, [spacing] * 5), memory_gb=2, minutes=5, device="cpu")
+        assert plan.value("data.slice_axis") == name and plan.value("data.patch_size") == [48, 48]
+        assert plan.value("data.spacing") is None or len(plan.value("data.spacing")) == 3
+        plan.config()
+
+
+def test_mode_forces_2d_2p5d_or_3d(fast_measurements) -> None:
+    fp = _fingerprint([(20, 64, 64)] * 6, [(5.0, 1.0, 1.0)] * 6)  # auto: 3D (20 slices pool twice)
+    forced = plan_dataset(fp, memory_gb=2, minutes=5, device="cpu", mode="2.5d")
+    assert forced.value("data.slices") == 2 and forced.value("data.slice_axis") == "axial"
+    assert forced.value("model.spatial_dims") == 2 and len(forced.value("data.patch_size")) == 2
+    assert "--mode 2.5d" in forced.yaml_text()
+    flat = plan_dataset(fp, memory_gb=2, minutes=5, device="cpu", mode="2d")  # slice by slice
+    assert flat.value("data.slices") == 0 and flat.value("model.in_channels") == 1
+    iso = _fingerprint([(40, 40, 40)] * 5, [(1.0, 1.0, 1.0)] * 5)
+    assert plan_dataset(iso, memory_gb=2, minutes=5, device="cpu", mode="2.5d").value("data.slice_axis") == \
+        "axial"
+    few = _fingerprint([(10, 64, 64)] * 6, [(5.0, 1.0, 1.0)] * 6)  # auto: 2.5D
+    assert plan_dataset(few, memory_gb=2, minutes=5, device="cpu", mode="3d").value("model.spatial_dims") == 3
+    photos = _fingerprint([(64, 64)] * 6, [(1.0, 1.0)] * 6)
+    for mode in ("2.5d", "3d"):
+        with pytest.raises(MedsegError, match=f"--mode {mode} needs 3D volumes"):
+            plan_dataset(photos, memory_gb=2, minutes=5, device="cpu", mode=mode)
+    two = plan_dataset(photos, memory_gb=2, minutes=5, device="cpu", mode="2d")
+    assert two.value("model.spatial_dims") == 2 and "slices" not in two.to_dict()["data"]
+
+
+def test_mode_3d_on_2d_images_is_a_one_line_cli_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_polyp_dataset(tmp_path / "polyps", n_cases=3, size=(32, 32))
+    assert main(["plan", "polyps", "--mode", "3d", "--jobs", "0", "--device", "cpu", "--out", "plan.yaml",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("medseg: error:") and "--mode 3d needs 3D volumes" in err[0]
+    assert not Path("plan.yaml").exists()
+
+
+@pytest.mark.slow
+def test_plan_2p5d_then_train_it_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medseg.data.synthetic import write_lesion_dataset
+
+    monkeypatch.chdir(tmp_path)
+    write_lesion_dataset(tmp_path / "vols", n_cases=5, shape=(12, 32, 32), spacing=(5.0, 1.0, 1.0))
+    assert main(["plan", "vols", "--mode", "2.5d", "--minutes", "0.02", "--memory-gb", "1", "--jobs", "0",
+                 "--device", "cpu", "--out", "plan.yaml", "--no-progress"]) == 0
+    config = load_config("plan.yaml")
+    assert config.data.slices == 2 and config.model.spatial_dims == 2 and config.model.in_channels == 5
+    assert main(["train", "plan.yaml", "--no-progress"]) == 0
+    assert Path(f"runs/{config.name}/last.pt").is_file()

@@ -4,9 +4,19 @@ not more specific. Not to be confused with :mod:`medseg.engine.plan`, which buil
 
 Rules (spec "Planning"):
 
-- **2D or 3D**: 2D images give a 2D U-Net; volumes a 3D U-Net. Volumes whose median spacing is strongly
-  anisotropic (max / min above :data:`~medseg.data.preprocess.ANISOTROPY_THRESHOLD`, 3, on one coarsest
-  axis) get the 3D U-Net with anisotropic pooling (nnU-Net's answer to thick slices, instead of 2.5D).
+- **2D, 2.5D or 3D** (``--mode auto``): 2D images give a 2D U-Net; volumes a 3D U-Net. Volumes whose
+  median spacing is strongly anisotropic (max / min above
+  :data:`~medseg.data.preprocess.ANISOTROPY_THRESHOLD`, 3, on one coarsest axis) get the 3D U-Net with
+  anisotropic pooling (nnU-Net's answer to thick slices), unless that low-resolution axis has too few
+  voxels at the target spacing to be pooled more than once (median size along it below
+  ``2 *`` :data:`MIN_POOL_SIZE`, 16): those get 2.5D (:mod:`medseg.data.slices`), a 2D U-Net on the
+  ``2k + 1`` neighbouring slices (k = :data:`SLICE_NEIGHBOURS`, 2) cut across that axis (``data.slice_axis``
+  axial / coronal / sagittal for array axis 0 / 1 / 2), as channels (image channels x (2k + 1)). A 2.5D plan
+  takes pooling, patch, memory and step times from the in-plane axes (their median shape and spacing) and
+  the 2D model, its validation estimate from whole slices (a volume is its slices along the axis);
+  ``data.spacing`` stays 3D. ``--mode 2d|2.5d|3d`` forces the choice: ``2.5d`` and ``3d`` need volumes;
+  ``2d`` on volumes is 2.5D with k = 0 (slice by slice, nnU-Net's "2d" configuration). A forced 2.5D on
+  volumes without an anisotropic axis cuts across the coarsest axis (axial on a tie).
 - **Target spacing**: the median spacing per axis; on the anisotropic (low-resolution) axis the 10th
   percentile of that axis' spacings (not below the finest other axis), so that few cases are upsampled
   much along it. No resampling (``spacing: null``) when every case already has the target spacing.
@@ -43,7 +53,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -51,6 +61,7 @@ import yaml
 
 from medseg.data.fingerprint import DatasetFingerprint
 from medseg.data.preprocess import ANISOTROPY_THRESHOLD, lowres_axis
+from medseg.data.slices import AXIS_NAMES, resolve_slice_axes
 from medseg.engine.benchmark import measure_peak_memory
 from medseg.engine.config import RunConfig, config_from_dict
 from medseg.engine.device import resolve_device
@@ -78,6 +89,10 @@ VALIDATION_SHARE = 0.2
 INSTANCE_VALUES = 10
 """2D label maps with more distinct values than this in one case are read as instance label maps."""
 TIMED_STEPS = 2
+SLICE_NEIGHBOURS = 2
+"""k of a 2.5D plan: the 2 neighbouring slices on each side of the centre slice (5 input slices)."""
+PlanMode = Literal["auto", "2d", "2.5d", "3d"]
+MODES: tuple[str, ...] = ("auto", "2d", "2.5d", "3d")
 
 
 # ------------------------------------------------------------------------------------------ rules
@@ -93,6 +108,56 @@ def target_spacing(fingerprint: DatasetFingerprint) -> tuple[np.ndarray, int | N
         others = max(s for a, s in enumerate(target) if a != axis)
         target[axis] = max(float(np.percentile(spacings[:, axis], 10)), others)
     return target, axis
+
+
+@dataclass
+class Layout:
+    """What the planned model sees: ``dims`` 2 or 3; for 2.5D the array ``axis`` cut across and ``k``."""
+
+    dims: int
+    reason: str
+    axis: int | None = None
+    k: int | None = None
+
+    def plane(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (per axis, last dimension) without the slice axis (2.5D), else unchanged."""
+        return values if self.axis is None else np.delete(values, self.axis, axis=-1)
+
+    @property
+    def slice_axis(self) -> str | None:
+        return None if self.axis is None else {a: n for n, a in AXIS_NAMES.items()}[self.axis]
+
+
+def choose_layout(fingerprint: DatasetFingerprint, spacing: np.ndarray, aniso: int | None,
+                  mode: str = "auto") -> Layout:
+    """2D, 2.5D or 3D for ``mode`` (see the module docstring)."""
+    if mode not in MODES:
+        raise MedsegError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+    if fingerprint.spatial_dims == 2:
+        if mode in ("2.5d", "3d"):
+            raise MedsegError(f"{fingerprint.root}: --mode {mode} needs 3D volumes, but these are 2D images "
+                              "(use --mode 2d or auto)")
+        return Layout(2, "2D images")
+    if mode == "3d":
+        return Layout(3, "volumes, 3D as asked (--mode 3d)")
+    if mode in ("2d", "2.5d"):
+        axis = aniso if aniso is not None else resolve_slice_axes("auto", spacing)[0]
+        k = 0 if mode == "2d" else SLICE_NEIGHBOURS
+        kind = "2.5D" if k else "2D slice by slice"
+        return Layout(2, f"{kind} as asked (--mode {mode}): a 2D model on {2 * k + 1} slice(s) across axis "
+                         f"{axis} (" + ("its anisotropic axis)" if aniso is not None else "the coarsest)"),
+                      axis, k)
+    if aniso is None:
+        return Layout(3, "volumes (no strongly anisotropic axis)")
+    size = float(np.median(fingerprint.shapes[:, aniso] * fingerprint.spacings[:, aniso] / spacing[aniso]))
+    if size < 2 * MIN_POOL_SIZE:
+        reason = (f"2.5D: axis {aniso} is anisotropic and has a median {size:.3g} voxels at the target "
+                  f"spacing, too few to pool more than once (< {2 * MIN_POOL_SIZE}); a 2D model on "
+                  f"{2 * SLICE_NEIGHBOURS + 1} neighbouring slices across it")
+        return Layout(2, reason, aniso, SLICE_NEIGHBOURS)
+    return Layout(3, f"volumes; axis {aniso} is anisotropic with a median {size:.3g} voxels at the target "
+                     f"spacing (>= {2 * MIN_POOL_SIZE}, enough to pool more than once): nnU-Net's 3D with "
+                     "per-axis pooling rather than 2.5D")
 
 
 def pool_kernels(patch: Sequence[float], spacing: Sequence[float], max_steps: int) -> list[tuple[int, ...]]:
@@ -331,12 +396,12 @@ def _data_root(root: str) -> str:
         return str(root)
 
 
-def _fit_patch(fingerprint: DatasetFingerprint, spacing: np.ndarray, budget: float, measure: Any
+def _fit_patch(shapes: np.ndarray, spacing: np.ndarray, budget: float, measure: Any
                ) -> tuple[list[int], list[tuple[int, ...]], MemoryModel, bool]:
-    """The largest patch (from the median resampled shape down) whose batch of 2 fits the budget, and
-    whether it had to shrink."""
-    dims = fingerprint.spatial_dims
-    median_shape = np.median(fingerprint.shapes * fingerprint.spacings / spacing, axis=0)
+    """The largest patch (from the median of the resampled ``shapes`` down; in-plane ones for 2.5D) whose
+    batch of 2 fits the budget, and whether it had to shrink."""
+    dims = shapes.shape[1]
+    median_shape = np.median(shapes, axis=0)
     patch = [max(int(round(s)), 1) for s in median_shape]
     shrunk = False
     while True:
@@ -356,16 +421,20 @@ def _fit_patch(fingerprint: DatasetFingerprint, spacing: np.ndarray, budget: flo
 
 
 def plan_dataset(fingerprint: DatasetFingerprint, memory_gb: float = 8.0, minutes: float = 60.0,
-                 device: str = "auto", command: str | None = None, name: str | None = None) -> AutoPlan:
-    """Plan a training preset for ``fingerprint`` (see the module docstring for the rules)."""
+                 device: str = "auto", command: str | None = None, name: str | None = None,
+                 mode: str = "auto") -> AutoPlan:
+    """Plan a training preset for ``fingerprint`` (see the module docstring for the rules); ``mode``
+    ``auto``, ``2d``, ``2.5d`` or ``3d``."""
     if memory_gb <= 0 or minutes <= 0:
         raise MedsegError(f"--memory-gb and --minutes must be positive, got {memory_gb:g} and {minutes:g}")
+    spacing, aniso = target_spacing(fingerprint)
+    layout = choose_layout(fingerprint, spacing, aniso, mode)
     dev = resolve_device(device, key="--device")
     dims, channels, n = fingerprint.spatial_dims, fingerprint.channels, len(fingerprint.cases)
+    in_channels = channels * (2 * layout.k + 1) if layout.k is not None else channels
     name = name or "plan-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(fingerprint.root).name).strip("-")
     modality = fingerprint.modality()
     labels = plan_labels(fingerprint)
-    spacing, aniso = target_spacing(fingerprint)
     median = fingerprint.median_spacing
     resample = not np.allclose(fingerprint.spacings, spacing, rtol=1e-3)
     budget = memory_gb * 2**30
@@ -377,30 +446,36 @@ def plan_dataset(fingerprint: DatasetFingerprint, memory_gb: float = 8.0, minute
         f"{_numbers(median)}, median shape {_numbers(np.median(fingerprint.shapes, axis=0))}.",
     ])
 
-    if not pool_kernels(np.median(fingerprint.shapes * fingerprint.spacings / spacing, axis=0), spacing, 1):
+    shapes = layout.plane(fingerprint.shapes * fingerprint.spacings / spacing)  # resampled, in-plane (2.5D)
+    plane_spacing = layout.plane(spacing)
+    if not pool_kernels(np.median(shapes, axis=0), plane_spacing, 1):
         raise MedsegError(f"{fingerprint.root}: images of median shape "
                           f"{_numbers(np.median(fingerprint.shapes, axis=0))} are too small to pool once (an "
-                          f"axis needs >= {MIN_POOL_SIZE} voxels)")
+                          f"axis needs >= {MIN_POOL_SIZE} voxels" + (" in-plane)" if layout.axis is not None
+                                                                     else ")"))
     measured: dict[tuple[tuple[int, ...], ...], MemoryModel] = {}
 
     def measure_for(kernels: list[tuple[int, ...]], multiples: list[int]) -> MemoryModel:
         if tuple(kernels) not in measured:
-            _model_section(plan, dims, kernels, aniso)
-            measured[tuple(kernels)] = measure_memory(plan.config(), channels, classes, multiples, dev)
+            _model_section(plan, layout, kernels, aniso, in_channels)
+            plan.set("data.patch_size", list(multiples), "provisional")  # replaced once the patch is fitted
+            measured[tuple(kernels)] = measure_memory(plan.config(), in_channels, classes, multiples, dev)
         return measured[tuple(kernels)]
 
-    _data_section(plan, fingerprint, labels, modality, spacing, aniso, resample)
-    patch, kernels, memory, shrunk = _fit_patch(fingerprint, spacing, budget, measure_for)
-    _model_section(plan, dims, kernels, aniso)
+    _data_section(plan, fingerprint, labels, modality, spacing, aniso, resample, layout)
+    patch, kernels, memory, shrunk = _fit_patch(shapes, plane_spacing, budget, measure_for)
+    _model_section(plan, layout, kernels, aniso, in_channels)
     total_voxels = float((fingerprint.shapes * fingerprint.spacings / spacing).prod(axis=1).sum())
     cap = max(MIN_BATCH, int(MAX_DATASET_FRACTION * total_voxels // math.prod(patch)))
+    where = "median shape at the target spacing" if layout.axis is None else \
+        f"median in-plane shape at the target spacing (axes other than {layout.axis})"
     plan.set("data.patch_size", patch,
-             f"median shape at the target spacing, in multiples of {axis_multiples(kernels, dims)} (the "
+             f"{where}, in multiples of {axis_multiples(kernels, len(patch))} (the "
              f"pooling), " + (f"shrunk until a batch of {MIN_BATCH} fits {memory_gb:g} GB" if shrunk else
                               f"a batch of {MIN_BATCH} fits {memory_gb:g} GB"))
     plan.set("data.batch_size", MIN_BATCH, "timed at the smallest batch")
     _optim_sections(plan)
-    per_sample = time_steps(plan.config(), channels, classes, dev) / MIN_BATCH
+    per_sample = time_steps(plan.config(), in_channels, classes, dev) / MIN_BATCH
     in_time = int(minutes * 60 * (1 - VALIDATION_SHARE) / (per_sample * MIN_STEPS))
     limits = {"memory": memory.max_batch(patch, budget), f"{MAX_DATASET_FRACTION:.0%} of the voxels": cap,
               "time": in_time}
@@ -415,9 +490,14 @@ def plan_dataset(fingerprint: DatasetFingerprint, memory_gb: float = 8.0, minute
     seconds = per_sample * batch
     val_cases = max(n // 5, 1) if n >= 5 else max(round(0.2 * n), 1)
     _train_section(plan, seconds, minutes, dev,
-                   validation_seconds(fingerprint, spacing, patch, batch, seconds, val_cases))
-    plan.set("inference.mode", "sliding_window", "Gaussian-weighted sliding windows of the training patch")
-    plan.set("inference.step", 0.5, "windows overlap by half a patch (nnU-Net)")
+                   validation_seconds(fingerprint, spacing, patch, batch, seconds, val_cases, layout.axis))
+    if layout.axis is None:
+        plan.set("inference.mode", "sliding_window",
+                 "Gaussian-weighted sliding windows of the training patch")
+        plan.set("inference.step", 0.5, "windows overlap by half a patch (nnU-Net)")
+    else:
+        plan.set("inference.mode", "auto", "2.5D: the 2D model on whole slices, the volume rebuilt slice by "
+                 "slice")
     plan.set("inference.mirror", True, "mirroring test-time augmentation over every axis (nnU-Net)")
     plan.config()  # validated
     return plan
@@ -432,7 +512,7 @@ def _model_options(kernels: Sequence[tuple[int, ...]], dims: int) -> dict[str, A
 
 
 def _data_section(plan: AutoPlan, fingerprint: DatasetFingerprint, labels: LabelPlan, modality: str,
-                  spacing: np.ndarray, aniso: int | None, resample: bool) -> None:
+                  spacing: np.ndarray, aniso: int | None, resample: bool, layout: Layout) -> None:
     n = len(fingerprint.cases)
     plan.set("data.root", _data_root(fingerprint.root), "the data set, relative to the working directory")
     plan.set("data.layout", fingerprint.layout, "the layout found in the folder")
@@ -442,6 +522,10 @@ def _data_section(plan: AutoPlan, fingerprint: DatasetFingerprint, labels: Label
     plan.set("data.spacing", [round(float(s), 5) for s in spacing] if resample else None,
              f"target spacing = {rule}" if resample else
              f"every case already has the target spacing {_numbers(spacing)} ({rule}): no resampling")
+    if layout.k is not None:
+        plan.set("data.slices", layout.k, f"{layout.reason}: k = {layout.k}, {2 * layout.k + 1} slice(s) as "
+                 "input channels")
+        plan.set("data.slice_axis", layout.slice_axis, f"slices cut across array axis {layout.axis}")
     plan.set("data.crop_nonzero", fingerprint.spatial_dims == 3,
              "crop volumes to their non-zero box (nnU-Net)" if fingerprint.spatial_dims == 3 else
              "2D images are not cropped")
@@ -461,12 +545,18 @@ def _data_section(plan: AutoPlan, fingerprint: DatasetFingerprint, labels: Label
     plan.set("data.foreground_fraction", 0.33, "a third of each batch centred on foreground (nnU-Net)")
 
 
-def _model_section(plan: AutoPlan, dims: int, kernels: Sequence[tuple[int, ...]], aniso: int | None) -> None:
+def _model_section(plan: AutoPlan, layout: Layout, kernels: Sequence[tuple[int, ...]], aniso: int | None,
+                   in_channels: int) -> None:
+    dims = layout.dims
     kind = "2D U-Net" if dims == 2 else "3D U-Net" + (
         f" with anisotropic pooling (axis {aniso} is coarse)" if aniso is not None else "")
+    if layout.k is not None:
+        kind += f" on {2 * layout.k + 1} neighbouring slice(s) (2.5D)"
     plan.set("model.name", "unet", f"{kind} (nnU-Net's architecture family)")
-    plan.set("model.spatial_dims", dims, f"{dims}D images" if dims == 2 else
-             "volumes (anisotropic ones too: nnU-Net's 3D with per-axis pooling rather than 2.5D)")
+    plan.set("model.spatial_dims", dims, layout.reason)
+    if layout.k is not None:
+        plan.set("model.in_channels", in_channels,
+                 f"{in_channels // (2 * layout.k + 1)} image channel(s) x {2 * layout.k + 1} slice(s)")
     steps = "; ".join(str(list(k)) for k in kernels) or "-"
     plan.set("model.options", _model_options(kernels, dims),
              f"{len(kernels)} down-sampling steps, per axis ({steps}): an axis is pooled while its size is "
@@ -489,10 +579,15 @@ def _optim_sections(plan: AutoPlan) -> None:
 
 
 def validation_seconds(fingerprint: DatasetFingerprint, spacing: np.ndarray, patch: Sequence[int],
-                       batch: int, step_seconds: float, val_cases: int) -> float:
+                       batch: int, step_seconds: float, val_cases: int, axis: int | None = None) -> float:
     """Estimated seconds of one validation: sliding windows (step 0.5) over the median resampled shape of
-    ``val_cases`` cases, a window costing a third of a training sample (forward only)."""
+    ``val_cases`` cases, a window costing a third of a training sample (forward only). 2.5D (``axis``): a
+    volume is its slices along ``axis``, each predicted whole (a patch's cost per patch of its area)."""
     shape = np.median(fingerprint.shapes * fingerprint.spacings / spacing, axis=0)
+    if axis is not None:
+        plane = np.delete(shape, axis)
+        windows = shape[axis] * max(float(np.prod(plane)) / math.prod(patch), 1.0)
+        return val_cases * windows * step_seconds / batch / 3
     windows = math.prod(1 + math.ceil(max(n - p, 0) / (0.5 * p)) for n, p in zip(shape, patch, strict=True))
     return val_cases * windows * step_seconds / batch / 3
 
@@ -540,8 +635,9 @@ def plan_command(argv: Sequence[str]) -> str:
 def plan_path(data: str | Path, *, memory_gb: float = 8.0, minutes: float = 60.0,
               out: str | Path | None = None,
               jobs: int = 0, cache: str | Path | None = None, device: str = "auto", progress: bool = True,
-              channels_suffix: bool | None = None, argv: Sequence[str] = ()) -> Path:
-    """``medseg plan``: fingerprint ``data`` (cached), plan and write the preset; returns its path."""
+              channels_suffix: bool | None = None, argv: Sequence[str] = (), mode: str = "auto") -> Path:
+    """``medseg plan``: fingerprint ``data`` (cached), plan (``mode``: auto, 2d, 2.5d or 3d) and write the
+    preset; returns its path."""
     from medseg.data.fingerprint import dataset_fingerprint
 
     data = Path(data)
@@ -551,5 +647,7 @@ def plan_path(data: str | Path, *, memory_gb: float = 8.0, minutes: float = 60.0
     cache = Path(cache) if cache is not None else Path("runs/fingerprints") / f"{stem}.json"
     fingerprint = dataset_fingerprint(data, cache=cache, jobs=jobs, progress=progress,
                                       channels_suffix=channels_suffix)
-    plan = plan_dataset(fingerprint, memory_gb, minutes, device, plan_command(argv), name=f"plan-{stem}")
-    return write_plan(plan, Path(out) if out is not None else Path(f"plan-{stem}.yaml"))
+    out = Path(out) if out is not None else Path(f"plan-{stem}.yaml")
+    plan = plan_dataset(fingerprint, memory_gb, minutes, device, plan_command(argv), name=out.stem,
+                        mode=mode)  # the preset is named as its file (as every preset in configs/)
+    return write_plan(plan, out)
