@@ -274,8 +274,10 @@ def run_medseg(task: PeerTask, args: argparse.Namespace, out: Path, iterations: 
             continue
         model = load_models([checkpoint], torch.device("cpu"))[0].model
         scores = heldout_dice(model, test_cases, preprocessor, task, task.patch(args))
+        losses = [float(r["train_loss"]) for r in result.history]
         rows.append(SideResult(f"medseg unet, {label}.pt", steps, minutes, scores,
-                               f"{result.epochs_run} epochs"))
+                               f"epochs: {result.epochs_run}; mean loss {losses[0]:.3f} (first epoch) -> "
+                               f"{losses[-1]:.3f} (last)"))
     return rows
 
 
