@@ -101,13 +101,6 @@ class ConResNet(SegmentationModel):
         context_residual: context residual mapping in every module (ablation switch).
         context_attention: context attention mapping in every module (ablation switch).
         dropout: channel dropout of the encoder's fusion conv.
-
-    The four 1x1 heads start at zero (ours; the official code leaves PyTorch's default): they read the
-    un-normalised output of a weight-standardised conv, whose scale grows with the fan-in, so at the default
-    initialisation the logits of a z-scored hippocampus patch have a standard deviation of about 14 (maximum
-    about 90), the softmax saturates and the initial Dice + CE is about 13 instead of about 2. From zero the
-    output starts uniform and the first steps learn the heads' scale (benchmarks/results/
-    conresnet-hippocampus-cpu-amd-epyc.md).
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, num_classes: int,
@@ -135,9 +128,6 @@ class ConResNet(SegmentationModel):
         self.res_head = layers.conv(spatial_dims, w0, num_classes, 1)
         self.res2_head = layers.conv(spatial_dims, w0, num_classes, 1)
         self.res4_head = layers.conv(spatial_dims, w1, num_classes, 1)
-        for head in (self.seg_head, self.res_head, self.res2_head, self.res4_head):
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
 
     def forward(self, x: Tensor) -> Tensor | SegOutput:
         self.check_input(x)
