@@ -31,6 +31,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -242,32 +243,66 @@ def coarse_args(args: argparse.Namespace, minutes: float) -> argparse.Namespace:
         "--seed", str(args.seed)])
 
 
+def score_filtered(source: Path, out: Path, min_score: float) -> None:
+    """Copies of the instance maps of ``source`` without the detections scoring below ``min_score``
+    (scores from the ``{case}_instances.json`` sidecars, which are copied with the kept ids only)."""
+    for path in sorted(source.glob("*.png")):
+        labels, geometry = read_mask(path)
+        scores = instance_scores(source, case_id(path)) or {}
+        kept = {i: v for i, v in scores.items() if v >= min_score}
+        labels = np.where(np.isin(labels, list(kept)), labels, 0).astype(labels.dtype)
+        write_mask(out / path.name, labels, geometry)
+        write_text_atomically(out / f"{case_id(path)}_instances.json",
+                              json.dumps({"scores": {str(i): v for i, v in kept.items()}}) + "\n")
+
+
+def reusable(run_dir: Path, folders: dict[str, Path], coarse: Path) -> Path | None:
+    """The checkpoint of a finished run in ``run_dir`` whose predictions of every image of ``folders`` are
+    in ``coarse/<split>`` (``--reuse``), else None."""
+    checkpoint = next((c for c in (run_dir / "best.pt", run_dir / "last.pt") if c.is_file()), None)
+    done = all((coarse / split / f"{case_id(image)}.png").is_file()
+               for split, images in folders.items() for image in images.iterdir())
+    return checkpoint if done else None
+
+
 def coarse_predictions(source: str, args: argparse.Namespace, out: Path, splits: Path,
                        folders: dict[str, Path]) -> dict[str, Any]:
     """Train ``source`` (``maskrcnn`` or ``unet+watershed``, the configs of ``benchmarks/nuclei.py``) and
     predict the ``folders`` (``{"train": images, "test": images}``) into ``out/coarse/<source>/<split>``;
-    ``simulated`` writes :func:`simulated_coarse` maps of the ground truth instead."""
+    ``simulated`` writes :func:`simulated_coarse` maps of the ground truth instead. Mask R-CNN's
+    detections scoring below ``--maskrcnn-min-score`` are then dropped (``<source>-score<t>``). Returns
+    ``{"coarse": the folder of the splits, "epochs", "minutes", "predict_minutes", "reused"}``."""
     tag = source.replace("+", "-")
+    coarse = out / "coarse" / tag
     if source == "simulated":
         rng = np.random.default_rng(args.seed)
         for split, images in folders.items():
             for image in sorted(images.iterdir()):
                 gt = read_mask(images.parent / "masks" / image.name)[0][0]
-                write_mask(out / "coarse" / tag / split / image.name,
-                           simulated_coarse(gt, args.nuclei_factor, rng)[None])
-        return {"epochs": 0, "minutes": 0.0}
+                write_mask(coarse / split / image.name, simulated_coarse(gt, args.nuclei_factor, rng)[None])
+        return {"coarse": coarse, "epochs": 0, "minutes": 0.0}
     minutes = args.maskrcnn_minutes if source == "maskrcnn" else args.unet_watershed_minutes
     config = config_from_dict(nuclei_benchmark.run_config(source, coarse_args(args, minutes), out, splits))
-    result = train(config, progress=False)
-    checkpoint = result.best_checkpoint or result.last_checkpoint
-    started = time.time()
-    for split, images in folders.items():
-        predict_paths([checkpoint], images, out / "coarse" / tag / split, overlays=False, device=args.device,
-                      progress=False, instances_json=source == "maskrcnn")
-    return {"epochs": result.epochs_run, "minutes": minutes, "predict_minutes": (time.time() - started) / 60}
+    checkpoint = reusable(config.resolved_run_dir(), folders, coarse) if args.reuse else None
+    run: dict[str, Any] = {"coarse": coarse, "minutes": minutes, "reused": checkpoint is not None}
+    if checkpoint is None:
+        result = train(config, progress=False)
+        checkpoint = result.best_checkpoint or result.last_checkpoint
+        started = time.time()
+        for split, images in folders.items():
+            predict_paths([checkpoint], images, coarse / split, overlays=False, device=args.device,
+                          progress=False, instances_json=source == "maskrcnn")
+        run["predict_minutes"] = (time.time() - started) / 60
+    log = config.resolved_run_dir() / "log.csv"
+    run["epochs"] = len(log.read_text().splitlines()) - 1
+    if source == "maskrcnn" and args.maskrcnn_min_score > 0:
+        run["coarse"] = out / "coarse" / f"{tag}-score{args.maskrcnn_min_score:g}"
+        for split in folders:
+            score_filtered(coarse / split, run["coarse"] / split, args.maskrcnn_min_score)
+    return run
 
 
-def merged_patches(sources: list[str], out: Path, train_images: Path, args: argparse.Namespace
+def merged_patches(coarse_of: dict[str, Path], out: Path, train_images: Path, args: argparse.Namespace
                    ) -> dict[str, PrepareSummary | None]:
     """BPR patches of every source's coarse training predictions in one folder ``out/patches``.
 
@@ -277,7 +312,7 @@ def merged_patches(sources: list[str], out: Path, train_images: Path, args: argp
     one image (from any source) never sit on both sides."""
     summaries: dict[str, PrepareSummary | None] = {}
     merged = out / "patches"
-    for source in sources:
+    for source, coarse_folder in coarse_of.items():
         tag = source.replace("+", "-")
         data, coarse = out / "patch-data" / tag, out / "patch-coarse" / tag
         for sub in ("images", "masks"):
@@ -287,7 +322,7 @@ def merged_patches(sources: list[str], out: Path, train_images: Path, args: argp
             name = f"{tag}_{image.name}"
             (data / "images" / name).symlink_to(image.resolve())
             (data / "masks" / name).symlink_to((train_images.parent / "masks" / image.name).resolve())
-            (coarse / name).symlink_to((out / "coarse" / tag / "train" / image.name).resolve())
+            (coarse / name).symlink_to((coarse_folder / "train" / image.name).resolve())
         try:
             summaries[source] = prepare_patches(coarse, data, out / "patches-by-source" / tag, instances=True,
                                                 patch_size=args.nuclei_patch_size, progress=False)
@@ -332,14 +367,16 @@ def nuclei(args: argparse.Namespace, out: Path) -> tuple[list[str], list[str]]:
     test_images, test_masks = link_cases([dataset.case(c) for c in split["test"]], out / "test")
     runs = {s: coarse_predictions(s, args, out, splits, {"train": train_images, "test": test_images})
             for s in sources}
-    summaries = merged_patches(sources, out, train_images, args)
+    for derived in ("patch-data", "patch-coarse", "patches-by-source", "patches", "bpr", "refined"):
+        shutil.rmtree(out / derived, ignore_errors=True)  # of an earlier run in --out
+    summaries = merged_patches({s: r["coarse"] for s, r in runs.items()}, out, train_images, args)
     bpr_result = train(bpr_config(out / "patches", out / "bpr", args, "bpr-nuclei.yaml",
                                   args.nuclei_bpr_minutes, args.nuclei_bpr_iterations), progress=False)
     rows: list[tuple[str, dict[str, float]]] = []
     refine_seconds = {}
     for source in sources:
         tag = source.replace("+", "-")
-        coarse = out / "coarse" / tag / "test"
+        coarse = runs[source]["coarse"] / "test"
         refine_start = time.time()
         refine_paths(bpr_result.best_checkpoint or bpr_result.last_checkpoint, test_images, coarse,
                      out / "refined" / tag, patch_size=args.nuclei_patch_size, device=args.device,
@@ -362,9 +399,14 @@ def nuclei(args: argparse.Namespace, out: Path) -> tuple[list[str], list[str]]:
             model_notes.append(f"simulated: the ground truth area-down-sampled by {args.nuclei_factor}, "
                                "bilinearly up-sampled (> 0.5), eroded or dilated by 1 px at random (seeded)")
         else:
+            predicted = ("predictions reused from an earlier run (--reuse)" if run["reused"] else
+                         f"prediction of {len(patch_source)} + {len(split['test'])} images "
+                         f"{run['predict_minutes']:.1f} min")
             model_notes.append(f"{source}: {run['epochs']} epochs in its {run['minutes']:g} min limit, "
-                               f"prediction of {len(patch_source)} + {len(split['test'])} images "
-                               f"{run['predict_minutes']:.1f} min")
+                               + predicted)
+    if "maskrcnn" in runs and args.maskrcnn_min_score > 0:
+        model_notes.append(f"Mask R-CNN detections scoring below {args.maskrcnn_min_score:g} dropped from "
+                           "its instance maps (before and after refinement alike)")
     notes = [
         f"data: DSB2018 stage-1 ({len(dataset.cases)} images), seeded split (seed {args.seed}, "
         f"`train_compare.split_cases`): {len(split['train'])} training, {len(split['val'])} validation "
@@ -418,6 +460,10 @@ def parser() -> argparse.ArgumentParser:
     nuclei_args.add_argument("--nuclei-patch-images", type=int, default=24,
                              help="training images whose coarse predictions give the BPR patches")
     nuclei_args.add_argument("--maskrcnn-minutes", type=float, default=8)
+    nuclei_args.add_argument("--maskrcnn-min-score", type=float, default=0.3,
+                             help="drop Mask R-CNN detections scoring below (0: keep all)")
+    nuclei_args.add_argument("--reuse", action="store_true",
+                             help="reuse trained coarse models whose predictions are all in --out")
     nuclei_args.add_argument("--unet-watershed-minutes", type=float, default=5)
     nuclei_args.add_argument("--nuclei-coarse-patch", type=int, default=256)
     nuclei_args.add_argument("--nuclei-batch-size", type=int, default=2)

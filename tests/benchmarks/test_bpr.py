@@ -18,7 +18,7 @@ if str(BENCHMARKS) not in sys.path:
 import bpr  # noqa: E402
 
 from medseg.data import write_nuclei_dataset  # noqa: E402
-from medseg.data.io import read_mask  # noqa: E402
+from medseg.data.io import read_mask, write_mask  # noqa: E402
 
 TINY = ["--task", "nuclei", "--nuclei-test", "3", "--nuclei-val", "2", "--nuclei-patch-images", "4",
         "--maskrcnn-minutes", "0.01", "--unet-watershed-minutes", "0.01", "--nuclei-coarse-patch", "64",
@@ -34,6 +34,17 @@ def test_matched_hd95_of_shifted_instances():
     pred[5:15, 6:16] = 1      # shifted by one pixel: IoU 9/11, matched, HD95 1
     pred[30:35, 0:5] = 2      # overlaps nothing: not matched
     assert bpr.matched_hd95(pred, gt) == [pytest.approx(1.0)]
+
+
+def test_score_filtered_drops_low_scoring_detections(tmp_path):
+    labels = np.zeros((1, 20, 20), np.uint16)
+    labels[0, 2:6, 2:6], labels[0, 10:15, 10:15] = 1, 2
+    write_mask(tmp_path / "in" / "a.png", labels)
+    (tmp_path / "in" / "a_instances.json").write_text(json.dumps({"scores": {"1": 0.9, "2": 0.1}}))
+    bpr.score_filtered(tmp_path / "in", tmp_path / "out", 0.3)
+    kept = read_mask(tmp_path / "out" / "a.png")[0][0]
+    assert sorted(np.unique(kept).tolist()) == [0, 1] and (kept == 1).sum() == 16
+    assert bpr.instance_scores(tmp_path / "out", "a") == {1: 0.9}
 
 
 @pytest.mark.slow
@@ -67,3 +78,10 @@ def test_nuclei_task_end_to_end(tmp_path):
         assert len(values) == 7 and all(0.0 <= v <= 1.0 for v in values[:5])
     simulated = rows["simulated: coarse"]
     assert simulated[0] > 0.1 and simulated[6] > 0 and np.isfinite(simulated[5])
+
+    # a second run reuses both trained coarse models and their predictions, redoing patches and refiner
+    checkpoint = next(c for c in (out / "maskrcnn" / "best.pt", out / "maskrcnn" / "last.pt") if c.is_file())
+    stamp = checkpoint.stat().st_mtime_ns
+    assert bpr.main([*argv, "--reuse"]) == 0
+    assert checkpoint.stat().st_mtime_ns == stamp
+    assert "reused from an earlier run" in results.read_text()
