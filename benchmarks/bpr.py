@@ -292,7 +292,7 @@ def coarse_predictions(source: str, args: argparse.Namespace, out: Path, splits:
         started = time.time()
         for split, images in folders.items():
             predict_paths([checkpoint], images, coarse / split, overlays=False, device=args.device,
-                          progress=False, instances_json=source == "maskrcnn")
+                          progress=False, instances_json=source == "maskrcnn", overwrite=True)
         run["predict_minutes"] = (time.time() - started) / 60
     log = config.resolved_run_dir() / "log.csv"
     run["epochs"] = len(log.read_text().splitlines()) - 1
