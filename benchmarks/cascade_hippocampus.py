@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
 import sys
@@ -38,7 +37,7 @@ from train_compare import ROOT, link_cases, metric_cell, split_cases
 
 from medseg.data import load_dataset, write_splits
 from medseg.engine import train
-from medseg.engine.benchmark import markdown_table
+from medseg.engine.benchmark import machine_description, markdown_table
 from medseg.engine.config import load_config
 from medseg.engine.evaluate import evaluate_folders
 from medseg.engine.predict import predict_paths
@@ -46,7 +45,6 @@ from medseg.fileio import write_text_atomically
 
 SECTION = "## Cascade"
 RESULTS = ROOT / "benchmarks" / "results" / "hippocampus-cpu-intel-xeon.md"
-MACHINE = "2-core Intel Xeon CPU, shared with other jobs"
 
 
 def _overrides(args: argparse.Namespace, out: Path, run: str, splits: Path) -> list[str]:
@@ -136,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/cascade_hippocampus.py " + \
         " ".join(shlex.quote(a) for a in argv)
     notes = [
-        f"machine: {MACHINE} ({platform.processor() or platform.machine()}); torch {torch.__version__}, "
+        f"machine: {machine_description()}, shared with other jobs; torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread; load average at the end {load} (1, 5, 15 min)",
         f"command: `{command.strip()}`",
         f"split (seed {args.seed}, as `benchmarks/hippocampus.py`): {len(split['train'])} training, "

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from medseg.engine.benchmark import markdown_table  # noqa: E402
+from medseg.engine.benchmark import machine_description, markdown_table  # noqa: E402
 from medseg.engine.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
 from medseg.engine.export import EXPORT_FORMATS, ExportError, ExportResult, export_checkpoint  # noqa: E402
 from medseg.fileio import write_text_atomically  # noqa: E402
@@ -37,7 +37,6 @@ from medseg.models.base import SegmentationModel  # noqa: E402
 from medseg.models.pointrend import wrap_pointrend  # noqa: E402
 from medseg.models.registry import create_model, list_models, model_info  # noqa: E402
 
-MACHINE = "2-core Intel Xeon CPU, shared with other jobs"
 MIN_SIZE = {2: 32, 3: 16}
 POINTREND = "unet+pointrend"
 
@@ -148,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     command = f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/export_all.py {arguments}"
     text = "\n".join([
         "# Export sweep: TorchScript and ONNX", "",
-        f"- machine: {MACHINE}; torch {torch.__version__}, {torch.get_num_threads()} torch thread; "
+        f"- machine: {machine_description()}, shared with other jobs; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch thread; "
         f"{runtime}",
         f"- command: `{command.strip()}`",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; wall time "
