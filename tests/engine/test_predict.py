@@ -171,7 +171,8 @@ def test_corrupt_second_file_leaves_no_partial_output(tmp_path: Path, capsys) ->
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "b.png" in err
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert left == ["a.png", "a_probabilities.npz", "overlays/a.png"]  # the first case complete, none of b
+    # the first case complete with the folder's record, none of b
+    assert left == [".medseg-predict.json", "a.png", "a_probabilities.npz", "overlays/a.png"]
 
 
 def test_failure_while_writing_removes_the_case_files(tmp_path: Path, monkeypatch) -> None:

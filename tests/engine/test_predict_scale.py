@@ -83,7 +83,7 @@ def test_workers_give_the_files_of_the_serial_path(tmp_path: Path) -> None:
                                workers=2)
     assert [p.name for p in serial] == [p.name for p in overlapped] and len(serial) == 7
     expected = _files(tmp_path / "serial")
-    assert len(expected) == 21 and _files(tmp_path / "workers") == expected
+    assert len(expected) == 22 and _files(tmp_path / "workers") == expected  # 7 x 3 outputs and the record
 
 
 def test_workers_give_the_volumes_of_the_serial_path_with_sliding_windows(tmp_path: Path) -> None:
@@ -173,3 +173,20 @@ def test_two_ranks_shard_the_cases_and_write_the_files_of_one_process(tmp_path: 
     assert logs[0]["wrote"] == names[0::2] and logs[1]["wrote"] == names[1::2]
     assert logs[0]["masks"] == logs[1]["masks"] == names
     assert _files(tmp_path / "ddp") == _files(tmp_path / "single")
+
+
+def test_a_retrained_checkpoint_or_other_settings_predict_every_case_again(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    images = _png_folder(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    predict_paths([ckpt], images, out, progress=False)
+    first = _mtimes(out)
+    predict_paths([ckpt], images, out, progress=False)
+    assert _mtimes(out) == first  # same checkpoint, same settings: every case skipped
+    predict_paths([ckpt], images, out, progress=False, tta=True)
+    masks = [k for k in first if k.endswith(".png") and "/" not in k]
+    assert all(_mtimes(out)[k] != first[k] for k in masks)  # other settings: predicted again
+    again = _mtimes(out)
+    tiny_checkpoint(tmp_path / "m.pt", seed=1)  # "retrained": a new file under the same name
+    predict_paths([ckpt], images, out, progress=False, tta=True)
+    assert all(_mtimes(out)[k] != again[k] for k in masks)

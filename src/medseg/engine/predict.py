@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,15 @@ from medseg.engine.inference import (
     probabilities_to_labels,
 )
 from medseg.engine.postprocess import PostprocessOptions, postprocess
-from medseg.engine.predict_scale import case_is_finished, check_workers, run_pipelined, shard
+from medseg.engine.predict_scale import (
+    case_is_finished,
+    check_workers,
+    run_pipelined,
+    run_record,
+    same_run,
+    shard,
+    write_run_record,
+)
 from medseg.errors import MedsegError
 from medseg.fileio import remove_stale_temporaries_of, write_bytes_atomically
 
@@ -505,7 +513,7 @@ def _settings(models: Sequence[LoadedModel], tta: bool | None, step: float | Non
 
 def _predict_semantic(models: Sequence[LoadedModel], cases: Sequence[Case],
                       all_outputs: Sequence[CaseOutputs], settings: PredictSettings, device: torch.device,
-                      workers: int, bar: tqdm) -> list[Path]:
+                      workers: int, done: Callable[[], None]) -> list[Path]:
     """This rank's unfinished cases through the three stages (overlapped with ``workers`` threads)."""
     preprocessor = Preprocessor.from_dict(models[0].preprocessing)
     by_case = dict(zip((c.case_id for c in cases), all_outputs, strict=True))
@@ -519,7 +527,7 @@ def _predict_semantic(models: Sequence[LoadedModel], cases: Sequence[Case],
     def finish(case: Case, loaded: ReadCase, result: tuple[Tensor, bool]) -> Path:
         return finish_case(models, loaded, *result, by_case[case.case_id], settings, preprocessor)
 
-    return run_pipelined(cases, read, infer, finish, workers, done=bar.update)
+    return run_pipelined(cases, read, infer, finish, workers, done=done)
 
 
 def predict_paths(checkpoints: Sequence[str | Path], input: str | Path, output: str | Path, *,
@@ -609,19 +617,40 @@ def _predict_paths(checkpoints: Sequence[str | Path], input_path: Path, output_p
         outputs = [_outputs_for(c, folder, models[0].spatial_dims, settings, single_mask) for c in cases]
         paths = [(o.mask, o.probabilities, o.overlay) for o in outputs]
     mine = shard(list(range(len(cases))), ctx.rank, ctx.world_size)
+    pending = None  # the folder's new record, written when this rank's first case is finished
+    if single_file:  # one named output file is always predicted
+        overwrite = True
+    else:  # a folder keeps only the predictions of the checkpoints and settings of its record
+        record = run_record(checkpoints, {"settings": asdict(settings), "instances_json": instances_json,
+                                          "channels_suffix": channels_suffix})
+        if not same_run(folder, record):
+            pending = record
+            if not overwrite and ctx.is_main and any(case_is_finished(p) for p in paths):
+                logger.warning("%s holds predictions of other checkpoints or settings: predicting every "
+                               "case again", folder)
+            overwrite = True
+        barrier(ctx)  # every rank has read the old record before any rank writes the new one
     todo = [i for i in mine if overwrite or not case_is_finished(paths[i])]
     bar = tqdm(total=len(todo), desc="predict", unit="case",
                disable=not progress or not ctx.is_main or len(todo) < 2)
+
+    def done(n: int = 1) -> None:
+        nonlocal pending
+        if pending is not None:  # after a case's files: a bad first input writes nothing
+            write_run_record(folder, pending)
+            pending = None
+        bar.update(n)
+
     with bar:
         if instance:
             from medseg.engine.predict_instances import predict_instance_cases
 
             predict_instance_cases(models, [cases[i] for i in todo], folder, single_mask,
                                    instances_json=instances_json, overlays=overlays, device=torch_device,
-                                   progress=False, done=bar.update)
+                                   progress=False, done=done)
         else:
             _predict_semantic(models, [cases[i] for i in todo], [outputs[i] for i in todo], settings,
-                              torch_device, workers, bar)
+                              torch_device, workers, done)
     counts = all_reduce_sum(torch.tensor([len(todo), len(mine) - len(todo)], dtype=torch.float64), ctx)
     if ctx.is_main:  # after every rank's share (the reduction waits for all of them)
         logger.info("predicted %d cases into %s (%d already finished, skipped; %d process(es))",

@@ -4,7 +4,10 @@
   case ``i`` when ``i % N`` is its rank (:func:`shard`); each rank writes its own cases, atomically.
 * **Skipping.** Outputs are written atomically (:mod:`medseg.fileio`: a hidden temporary, then a rename),
   so a file under its final name is complete. A case whose every output exists is finished and is skipped
-  by the next run (:func:`case_is_finished`); a temporary that a killed run left behind never counts.
+  by the next run (:func:`case_is_finished`); a temporary that a killed run left behind never counts. The
+  output folder keeps a record of what its predictions came from (:data:`RUN_RECORD`: each checkpoint's
+  path, size and modification time, and the prediction settings); a run whose record differs (a retrained
+  checkpoint, other settings) predicts every case again instead of keeping stale outputs.
 * **Overlap** (``--workers N``, :func:`run_pipelined`): ``N`` threads read and preprocess the next cases,
   the calling thread runs the network, and one writer thread behind a bounded queue maps the scores back,
   postprocesses and writes. Every case goes through the same three functions as the serial path, so the
@@ -13,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -23,10 +27,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from medseg.errors import MedsegError
+from medseg.fileio import write_text_atomically
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["case_is_finished", "check_workers", "run_pipelined", "shard"]
+__all__ = ["RUN_RECORD", "case_is_finished", "check_workers", "run_pipelined", "run_record", "same_run",
+           "shard", "write_run_record"]
+
+RUN_RECORD = ".medseg-predict.json"
+"""The file in a prediction folder that records what its predictions came from."""
 
 T = TypeVar("T")
 
@@ -41,6 +50,32 @@ def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
 def case_is_finished(paths: Iterable[Path | None]) -> bool:
     """Whether every output path of a case (``None`` entries: not requested) exists as a file."""
     return all(path is None or path.is_file() for path in paths)
+
+
+def run_record(checkpoints: Sequence[str | Path], settings: Any) -> dict[str, Any]:
+    """What a run's predictions come from: each checkpoint's resolved path, size and modification time
+    (a retrained checkpoint differs), and the settings (any JSON-able record; other types as text)."""
+    files = []
+    for checkpoint in map(Path, checkpoints):
+        stat = checkpoint.stat()
+        files.append({"path": str(checkpoint.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    return json.loads(json.dumps({"checkpoints": files, "settings": settings}, default=str, sort_keys=True))
+
+
+def same_run(folder: Path, record: dict[str, Any]) -> bool:
+    """Whether ``folder``'s :data:`RUN_RECORD` is ``record`` (a missing or unreadable record is not)."""
+    try:
+        return json.loads((folder / RUN_RECORD).read_text()) == record
+    except (OSError, ValueError):
+        return False
+
+
+def write_run_record(folder: Path, record: dict[str, Any]) -> Path:
+    """Write ``record`` as ``folder``'s :data:`RUN_RECORD` (atomically)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RUN_RECORD
+    write_text_atomically(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return path
 
 
 def check_workers(workers: int) -> int:
