@@ -112,6 +112,7 @@ def test_rerun_skips_finished_cases_and_redoes_the_unfinished(tmp_path: Path) ->
     (out / "case_01.png").unlink()  # killed while writing case 1: only its temporary is there
     (out / ".case_01.png.x7q2.tmp").write_bytes(reference["case_01.png"][:20])
     (out / "overlays" / "case_03.png").unlink()  # killed between the mask and the overlay of case 3
+    (out / ".case_04.png.k1ll.tmp").write_bytes(b"half")  # a finished case rewritten by a killed run
     old = 1_000_000_000
     for path in out.rglob("*.png"):
         os.utime(path, ns=(old, old))

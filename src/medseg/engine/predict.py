@@ -631,6 +631,10 @@ def _predict_paths(checkpoints: Sequence[str | Path], input_path: Path, output_p
             overwrite = True
         barrier(ctx)  # every rank has read the old record before any rank writes the new one
     todo = [i for i in mine if overwrite or not case_is_finished(paths[i])]
+    for i in sorted(set(mine) - set(todo)):  # a finished case keeps its files; a killed write's leftovers go
+        for path in paths[i]:
+            if path is not None:
+                remove_stale_temporaries_of(path)
     bar = tqdm(total=len(todo), desc="predict", unit="case",
                disable=not progress or not ctx.is_main or len(todo) < 2)
 
