@@ -416,10 +416,9 @@ def predict_labels(models: Sequence[LoadedModel], image: np.ndarray, geometry: G
     and appends them one-hot to the image. From the preprocessed image to the labels everything stays in
     torch (only resampling to a source spacing goes through scipy)."""
     preprocessor = preprocessor or Preprocessor.from_dict(models[0].preprocessing)
-    prepared = preprocessor(_with_coarse(models, image, geometry, device), None, geometry)
-    scores, are_probabilities = _predict_probabilities(models, torch.from_numpy(prepared.image), settings,
-                                                       device)
-    return _scores_to_labels(models, scores.cpu(), are_probabilities, prepared, geometry, settings,
+    read = _prepare(models, image, geometry, preprocessor, device)
+    scores, are_probabilities = infer_scores(models, read, settings, device)
+    return _scores_to_labels(models, scores, are_probabilities, read.prepared, geometry, settings,
                              preprocessor)
 
 
@@ -446,8 +445,14 @@ def read_for_prediction(models: Sequence[LoadedModel], case: Case, preprocessor:
     if geometry.spatial_dims != first.spatial_dims:
         raise DataError(case.images[0], f"{geometry.spatial_dims}D image, the model is "
                                         f"{first.spatial_dims}D")
-    prepared = preprocessor(_with_coarse(models, image, geometry, device), None, geometry)
-    return ReadCase(image, geometry, prepared)
+    return _prepare(models, image, geometry, preprocessor, device)
+
+
+def _prepare(models: Sequence[LoadedModel], image: np.ndarray, geometry: Geometry,
+             preprocessor: Preprocessor, device: torch.device) -> ReadCase:
+    """The image preprocessed for the network (a cascade's stage 2: with stage 1's coarse labels)."""
+    network_input = _with_coarse(models, image, geometry, device)
+    return ReadCase(image, geometry, preprocessor(network_input, None, geometry))
 
 
 def infer_scores(models: Sequence[LoadedModel], read: ReadCase, settings: PredictSettings,
@@ -516,18 +521,18 @@ def _predict_semantic(models: Sequence[LoadedModel], cases: Sequence[Case],
                       workers: int, done: Callable[[], None]) -> list[Path]:
     """This rank's unfinished cases through the three stages (overlapped with ``workers`` threads)."""
     preprocessor = Preprocessor.from_dict(models[0].preprocessing)
-    by_case = dict(zip((c.case_id for c in cases), all_outputs, strict=True))
 
-    def read(case: Case) -> ReadCase:
-        return read_for_prediction(models, case, preprocessor, device)
+    def read(item: tuple[Case, CaseOutputs]) -> ReadCase:
+        return read_for_prediction(models, item[0], preprocessor, device)
 
     def infer(loaded: ReadCase) -> tuple[Tensor, bool]:
         return infer_scores(models, loaded, settings, device)
 
-    def finish(case: Case, loaded: ReadCase, result: tuple[Tensor, bool]) -> Path:
-        return finish_case(models, loaded, *result, by_case[case.case_id], settings, preprocessor)
+    def finish(item: tuple[Case, CaseOutputs], loaded: ReadCase, result: tuple[Tensor, bool]) -> Path:
+        return finish_case(models, loaded, *result, item[1], settings, preprocessor)
 
-    return run_pipelined(cases, read, infer, finish, workers, done=done)
+    items = list(zip(cases, all_outputs, strict=True))
+    return run_pipelined(items, read, infer, finish, workers, done=done)
 
 
 def predict_paths(checkpoints: Sequence[str | Path], input: str | Path, output: str | Path, *,

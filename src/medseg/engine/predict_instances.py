@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["INSTANCES_SUFFIX", "instance_boxes", "instance_label_map", "instance_outputs",
            "predict_instance_case", "predict_instance_cases"]
 
+INSTANCES_SUFFIX = "_instances.json"
+
 
 def instance_label_map(detection: dict[str, torch.Tensor]) -> tuple[np.ndarray, dict[int, float]]:
     """An instance label map (ids ``1..N`` in detection order, the best score painted last) and the score
@@ -52,8 +54,6 @@ def instance_label_map(detection: dict[str, torch.Tensor]) -> tuple[np.ndarray, 
     masks = detection["masks"].detach().cpu().numpy()
     ids = label_map_from_masks(masks, scores)
     return ids, {i + 1: float(score) for i, score in enumerate(scores)}
-
-INSTANCES_SUFFIX = "_instances.json"
 
 
 def instance_boxes(label_map: np.ndarray) -> dict[int, list[int]]:
