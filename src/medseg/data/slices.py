@@ -209,7 +209,6 @@ class SliceSampler:
         self.patches = PatchSampler(patch_size, foreground_fraction, seed, image_pad_value=image_pad_value,
                                     label_pad_value=label_pad_value)
         self.k, self.axes = int(k), tuple(int(a) for a in axes)
-        self.image_pad_value, self.label_pad_value = image_pad_value, label_pad_value
 
     @property
     def rng(self) -> np.random.Generator:
@@ -236,11 +235,12 @@ class SliceSampler:
         """One sample per ``(image, label, locations)``, the foreground share last in the batch."""
         rng = rng or self.rng
         n, channels = len(cases), cases[0][0].shape[0]
-        patch = self.patches.patch_size
-        images = np.full((n, channels * (2 * self.k + 1), *patch), self.image_pad_value, dtype=np.float32)
+        patches = self.patches
+        images = np.full((n, channels * (2 * self.k + 1), *patches.patch_size), patches.image_pad_value,
+                         dtype=np.float32)
         dtype = np.result_type(*(label.dtype for _, label, _ in cases),
-                               np.min_scalar_type(self.label_pad_value))
-        labels = np.full((n, cases[0][1].shape[0], *patch), self.label_pad_value, dtype=dtype)
+                               np.min_scalar_type(patches.label_pad_value))
+        labels = np.full((n, cases[0][1].shape[0], *patches.patch_size), patches.label_pad_value, dtype=dtype)
         flags = self.patches.foreground_flags(n, rng)
         for i, ((image, label, locations), foreground) in enumerate(zip(cases, flags, strict=True)):
             self.sample_into(image, label, locations, bool(foreground), rng, images[i], labels[i])
