@@ -1,5 +1,5 @@
-"""2.5D and tri-planar slicing (medseg.data.slices): windows, replicate padding, rebuilds, averaging and the
-training sampler, on hand-made volumes."""
+"""2.5D and tri-planar slicing (medseg.data.slices, medseg.engine.slice_inference): windows, replicate
+padding, rebuilds, averaging and the training sampler, on hand-made volumes."""
 
 from __future__ import annotations
 
@@ -9,16 +9,13 @@ import torch
 
 from medseg.data.sampling import class_locations
 from medseg.data.slices import (
-    SlicePredictor,
     SliceSampler,
-    logits_of,
-    mean_probabilities,
-    predict_by_slices,
     resolve_slice_axes,
     slice_window,
     slice_windows,
     window_indices,
 )
+from medseg.engine.slice_inference import SlicePredictor, logits_of, mean_probabilities, predict_by_slices
 from medseg.errors import MedsegError
 
 
@@ -82,7 +79,7 @@ def test_centre_slice_model_rebuilds_the_input(axis, batch_size):
     torch.testing.assert_close(rebuilt, volume)
 
 
-@pytest.mark.parametrize("mode", ["binary", "multiclass"])
+@pytest.mark.parametrize("mode", ["multilabel", "multiclass"])  # 2 sigmoid channels: multilabel
 def test_triplanar_identity_rebuilds_the_input(mode):
     volume = torch.from_numpy(coordinate_volume()) / 1000  # logits in a range where the round trip is exact
     predictor = SlicePredictor(centre_channels(1, 2), (0, 1, 2), k=1, mode=mode, batch_size=4)
@@ -93,7 +90,7 @@ def test_triplanar_identity_rebuilds_the_input(mode):
         torch.testing.assert_close(rebuilt, volume, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["binary", "multiclass"])
+@pytest.mark.parametrize("mode", ["multilabel", "multiclass"])  # 2 sigmoid channels: multilabel
 def test_triplanar_averages_the_probabilities_of_the_three_axes(mode):
     """Each axis of a 3x4x5 volume gives slices of its own shape; the 'model' answers each shape with its own
     constant logits, so the ensemble must be the mean of the three probability vectors."""

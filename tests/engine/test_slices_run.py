@@ -16,12 +16,12 @@ from medseg.config_types import ConfigError
 from medseg.data import write_lesion_dataset
 from medseg.data.io import read_image, read_mask
 from medseg.data.preprocess import Preprocessor
-from medseg.data.slices import SlicePredictor
 from medseg.engine import train
 from medseg.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
 from medseg.engine.config import config_from_dict, load_config
 from medseg.engine.inference import PaddedPredictor, logits_to_labels
 from medseg.engine.predict import load_models, predict_paths
+from medseg.engine.slice_inference import SlicePredictor
 
 ROOT = Path(__file__).resolve().parents[2]
 HIPPOCAMPUS = ROOT.parent / "shared" / "data" / "msd-task04-hippocampus"

@@ -39,7 +39,6 @@ from medseg.data.datasets import Case, cases_of_files, image_files, is_nnunet_fo
 from medseg.data.geometry import DataError, Geometry
 from medseg.data.io import case_id, image_extension, lossless_mask_path, write_image, write_mask
 from medseg.data.preprocess import PreprocessedCase, Preprocessor
-from medseg.data.slices import SlicePredictor
 from medseg.engine.cascade import coarse_channel_count, coarse_onehot
 from medseg.engine.checkpoint import (
     CheckpointError,
@@ -78,6 +77,7 @@ from medseg.engine.predict_scale import (
     shard,
     write_run_record,
 )
+from medseg.engine.slice_inference import SlicePredictor
 from medseg.errors import MedsegError
 from medseg.fileio import remove_stale_temporaries_of, write_bytes_atomically
 

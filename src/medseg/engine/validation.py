@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.data.slices import SlicePredictor
 from medseg.engine.config import LOWER_IS_BETTER, RunConfig
 from medseg.engine.distributed import DistributedContext, all_reduce_sum
 from medseg.engine.inference import PaddedPredictor, probabilities_to_labels
 from medseg.engine.plan import DataPlan
 from medseg.engine.predict_instances import instance_label_map
+from medseg.engine.slice_inference import SlicePredictor
 from medseg.metrics import evaluate_case
 from medseg.metrics.instance import InstanceEvaluation
 from medseg.outputs import main_logits
