@@ -31,9 +31,14 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from medseg.engine.benchmark import machine_description, markdown_table  # noqa: E402
 from medseg.engine.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
-from medseg.engine.export import EXPORT_FORMATS, ExportError, ExportResult, export_checkpoint  # noqa: E402
+from medseg.engine.export import (  # noqa: E402
+    EXPORT_FORMATS,
+    ExportError,
+    ExportResult,
+    export_checkpoint,
+    valid_size_at_least,
+)
 from medseg.fileio import write_text_atomically  # noqa: E402
-from medseg.models.base import SegmentationModel  # noqa: E402
 from medseg.models.pointrend import wrap_pointrend  # noqa: E402
 from medseg.models.registry import create_model, list_models, model_info  # noqa: E402
 
@@ -51,16 +56,6 @@ class Outcome:
     seconds: float
 
 
-def _patch(model: torch.nn.Module, multiple: int, dims: int) -> list[int]:
-    size = -(-MIN_SIZE[dims] // multiple) * multiple
-    if isinstance(model, SegmentationModel):
-        for _ in range(64):
-            if model.valid_size(size):
-                break
-            size += multiple
-    return [size] * dims
-
-
 def checkpoint_of(name: str, dims: int, folder: Path) -> Path:
     """A seeded small instance of ``name`` saved as a medseg checkpoint in ``folder``."""
     base = "unet" if name == POINTREND else name
@@ -76,7 +71,7 @@ def checkpoint_of(name: str, dims: int, folder: Path) -> Path:
     pointrend = {} if name == POINTREND else None
     if pointrend is not None:
         model = wrap_pointrend(model, pointrend, num_classes=classes)
-    patch = _patch(model, info["input_multiple"], dims)
+    patch = [valid_size_at_least(model, MIN_SIZE[dims])] * dims
     ckpt = make_checkpoint(model, name=base, in_channels=channels, num_classes=classes, spatial_dims=dims,
                            options=options, label_mode="multiclass", inference={"patch_size": patch},
                            pointrend=pointrend)

@@ -45,7 +45,8 @@ from medseg.outputs import main_logits
 logger = logging.getLogger(__name__)
 
 __all__ = ["EXPORT_FORMATS", "RELATIVE_TOLERANCE", "TOLERANCE", "ExportError", "ExportResult",
-           "ExportedModel", "default_output", "export_checkpoint", "is_exported", "load_exported"]
+           "ExportedModel", "default_output", "export_checkpoint", "is_exported", "load_exported",
+           "valid_size_at_least"]
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 TOLERANCE = 1e-4
@@ -102,8 +103,8 @@ def _valid(model: nn.Module, size: int) -> bool:
     return bool(check(size)) if callable(check) else size % multiple == 0
 
 
-def _round_up(model: nn.Module, size: int) -> int:
-    """The smallest valid extent >= ``size`` (a multiple of the input multiple)."""
+def valid_size_at_least(model: nn.Module, size: int) -> int:
+    """The smallest extent >= ``size`` that ``model`` takes (a multiple of its input multiple)."""
     multiple = _input_multiple(model)
     size = -(-size // multiple) * multiple
     for _ in range(64):
@@ -118,12 +119,12 @@ def _export_size(model: nn.Module, ckpt: Mapping[str, Any], spatial_dims: int) -
     size = checkpoint_patch_size(ckpt) or (ckpt.get("preprocessing") or {}).get("resize_shape")
     if size is not None:
         return tuple(int(n) for n in size)
-    return (_round_up(model, _SMALL_SIZE[spatial_dims]),) * spatial_dims
+    return (valid_size_at_least(model, _SMALL_SIZE[spatial_dims]),) * spatial_dims
 
 
 def _second_size(model: nn.Module, size: Sequence[int]) -> tuple[int, ...]:
     """Another valid spatial size: every axis one input multiple larger (then the next valid extent)."""
-    return tuple(_round_up(model, n + _input_multiple(model)) for n in size)
+    return tuple(valid_size_at_least(model, n + _input_multiple(model)) for n in size)
 
 
 # ---------------------------------------------------------------------------------------------- metadata
