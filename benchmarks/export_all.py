@@ -36,9 +36,9 @@ from medseg.engine.export import (  # noqa: E402
     ExportError,
     ExportResult,
     export_checkpoint,
-    valid_size_at_least,
 )
 from medseg.fileio import write_text_atomically  # noqa: E402
+from medseg.models.base import smallest_valid_size  # noqa: E402
 from medseg.models.pointrend import wrap_pointrend  # noqa: E402
 from medseg.models.registry import create_model, list_models, model_info  # noqa: E402
 
@@ -71,7 +71,7 @@ def checkpoint_of(name: str, dims: int, folder: Path) -> Path:
     pointrend = {} if name == POINTREND else None
     if pointrend is not None:
         model = wrap_pointrend(model, pointrend, num_classes=classes)
-    patch = [valid_size_at_least(model, MIN_SIZE[dims])] * dims
+    patch = [smallest_valid_size(model, MIN_SIZE[dims])] * dims
     ckpt = make_checkpoint(model, name=base, in_channels=channels, num_classes=classes, spatial_dims=dims,
                            options=options, label_mode="multiclass", inference={"patch_size": patch},
                            pointrend=pointrend)

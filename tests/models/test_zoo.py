@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 import medseg
 from medseg import layers
-from medseg.models.base import SegmentationModel
+from medseg.models.base import smallest_valid_size
 from medseg.outputs import SegOutput, main_logits
 
 IN_CHANNELS, NUM_CLASSES, BATCH = 2, 3, 2
@@ -40,15 +40,8 @@ def build_small(name: str, spatial_dims: int) -> nn.Module:
 
 
 def input_size(name: str, model: nn.Module, spatial_dims: int) -> int:
-    """The smallest multiple of the input multiple >= 32 (2D) or >= 16 (3D) that the model takes."""
-    multiple = INFO[name]["input_multiple"]
-    size = -(-MIN_SIZE[spatial_dims] // multiple) * multiple
-    if isinstance(model, SegmentationModel):
-        for _ in range(64):
-            if model.valid_size(size):
-                break
-            size += multiple
-    return size
+    """The smallest size >= 32 (2D) or >= 16 (3D) that the model takes."""
+    return smallest_valid_size(model, MIN_SIZE[spatial_dims])
 
 
 def small_case(name: str, spatial_dims: int, train: bool) -> tuple[nn.Module, Tensor, Tensor]:

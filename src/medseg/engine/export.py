@@ -39,14 +39,14 @@ from medseg import __version__
 from medseg.engine.checkpoint import build_model_from_checkpoint, checkpoint_patch_size, load_checkpoint
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_path
+from medseg.models.base import smallest_valid_size
 from medseg.models.registry import get_entry
 from medseg.outputs import main_logits
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["EXPORT_FORMATS", "RELATIVE_TOLERANCE", "TOLERANCE", "ExportError", "ExportResult",
-           "ExportedModel", "default_output", "export_checkpoint", "is_exported", "load_exported",
-           "valid_size_at_least"]
+           "ExportedModel", "default_output", "export_checkpoint", "is_exported", "load_exported"]
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 TOLERANCE = 1e-4
@@ -97,34 +97,17 @@ def _input_multiple(model: nn.Module) -> int:
     return int(getattr(model, "input_multiple", 1) or 1)
 
 
-def _valid(model: nn.Module, size: int) -> bool:
-    check = getattr(model, "valid_size", None)
-    multiple = _input_multiple(model)
-    return bool(check(size)) if callable(check) else size % multiple == 0
-
-
-def valid_size_at_least(model: nn.Module, size: int) -> int:
-    """The smallest extent >= ``size`` that ``model`` takes (a multiple of its input multiple)."""
-    multiple = _input_multiple(model)
-    size = -(-size // multiple) * multiple
-    for _ in range(64):
-        if _valid(model, size):
-            return size
-        size += multiple
-    return size
-
-
 def _export_size(model: nn.Module, ckpt: Mapping[str, Any], spatial_dims: int) -> tuple[int, ...]:
     """The training patch, else the preprocessing's ``resize_shape``, else a small valid size."""
     size = checkpoint_patch_size(ckpt) or (ckpt.get("preprocessing") or {}).get("resize_shape")
     if size is not None:
         return tuple(int(n) for n in size)
-    return (valid_size_at_least(model, _SMALL_SIZE[spatial_dims]),) * spatial_dims
+    return (smallest_valid_size(model, _SMALL_SIZE[spatial_dims]),) * spatial_dims
 
 
 def _second_size(model: nn.Module, size: Sequence[int]) -> tuple[int, ...]:
     """Another valid spatial size: every axis one input multiple larger (then the next valid extent)."""
-    return tuple(valid_size_at_least(model, n + _input_multiple(model)) for n in size)
+    return tuple(smallest_valid_size(model, n + _input_multiple(model)) for n in size)
 
 
 # ---------------------------------------------------------------------------------------------- metadata

@@ -54,3 +54,16 @@ class SegmentationModel(nn.Module):
     def size_rule(self) -> str:
         """Human-readable rule of the valid sizes."""
         return f"a multiple of {self.input_multiple}"
+
+
+def smallest_valid_size(model: nn.Module, size: int) -> int:
+    """The smallest extent >= ``size`` that ``model`` takes: a multiple of its ``input_multiple`` that its
+    :meth:`SegmentationModel.valid_size` accepts (any multiple for other modules)."""
+    multiple = int(getattr(model, "input_multiple", 1) or 1)
+    check = getattr(model, "valid_size", None)
+    size = -(-size // multiple) * multiple
+    for _ in range(64):
+        if (bool(check(size)) if callable(check) else size % multiple == 0):
+            return size
+        size += multiple
+    return size
