@@ -69,6 +69,7 @@ from medseg.errors import MedsegError
 from medseg.fileio import write_text_atomically
 from medseg.losses import build_loss
 from medseg.models.registry import create_model
+from medseg.models.unet import axis_multiples
 
 MIN_POOL_SIZE = 8
 """An axis is pooled only while its feature-map size is at least this (so it stays >= 4 after)."""
@@ -173,10 +174,6 @@ def pool_kernels(patch: Sequence[float], spacing: Sequence[float], max_steps: in
         size = np.where(pooled, size / 2, size)
         current = np.where(pooled, current * 2, current)
     return kernels
-
-
-def axis_multiples(kernels: Sequence[Sequence[int]], dims: int) -> list[int]:
-    return [math.prod(k[a] for k in kernels) for a in range(dims)]
 
 
 def level_features(depth: int, dims: int) -> list[int]:
