@@ -53,13 +53,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
 
-from medseg.data.fingerprint import DatasetFingerprint
+from medseg.data.fingerprint import DatasetFingerprint, dataset_fingerprint
 from medseg.data.preprocess import ANISOTROPY_THRESHOLD, lowres_axis
 from medseg.data.slices import AXIS_NAMES, resolve_slice_axes
 from medseg.engine.benchmark import measure_peak_memory
@@ -92,7 +92,6 @@ INSTANCE_VALUES = 10
 TIMED_STEPS = 2
 SLICE_NEIGHBOURS = 2
 """k of a 2.5D plan: the 2 neighbouring slices on each side of the centre slice (5 input slices)."""
-PlanMode = Literal["auto", "2d", "2.5d", "3d"]
 MODES: tuple[str, ...] = ("auto", "2d", "2.5d", "3d")
 
 
@@ -625,18 +624,12 @@ def write_plan(plan: AutoPlan, path: str | Path) -> Path:
     return Path(path)
 
 
-def plan_command(argv: Sequence[str]) -> str:
-    return shlex.join(["medseg", *argv])
-
-
 def plan_path(data: str | Path, *, memory_gb: float = 8.0, minutes: float = 60.0,
               out: str | Path | None = None,
               jobs: int = 0, cache: str | Path | None = None, device: str = "auto", progress: bool = True,
               channels_suffix: bool | None = None, argv: Sequence[str] = (), mode: str = "auto") -> Path:
     """``medseg plan``: fingerprint ``data`` (cached), plan (``mode``: auto, 2d, 2.5d or 3d) and write the
     preset; returns its path."""
-    from medseg.data.fingerprint import dataset_fingerprint
-
     data = Path(data)
     if not data.exists():
         raise MedsegError(f"{data}: no such data set folder or list")
@@ -645,6 +638,6 @@ def plan_path(data: str | Path, *, memory_gb: float = 8.0, minutes: float = 60.0
     fingerprint = dataset_fingerprint(data, cache=cache, jobs=jobs, progress=progress,
                                       channels_suffix=channels_suffix)
     out = Path(out) if out is not None else Path(f"plan-{stem}.yaml")
-    plan = plan_dataset(fingerprint, memory_gb, minutes, device, plan_command(argv), name=out.stem,
+    plan = plan_dataset(fingerprint, memory_gb, minutes, device, shlex.join(["medseg", *argv]), name=out.stem,
                         mode=mode)  # the preset is named as its file (as every preset in configs/)
     return write_plan(plan, out)
