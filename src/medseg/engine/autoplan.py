@@ -442,7 +442,8 @@ def plan_dataset(fingerprint: DatasetFingerprint, memory_gb: float = 8.0, minute
         f"{_numbers(median)}, median shape {_numbers(np.median(fingerprint.shapes, axis=0))}.",
     ])
 
-    shapes = layout.plane(fingerprint.shapes * fingerprint.spacings / spacing)  # resampled, in-plane (2.5D)
+    resampled = fingerprint.shapes * fingerprint.spacings / spacing  # [N, D] shapes at the target spacing
+    shapes = layout.plane(resampled)  # in-plane for 2.5D
     plane_spacing = layout.plane(spacing)
     if not pool_kernels(np.median(shapes, axis=0), plane_spacing, 1):
         raise MedsegError(f"{fingerprint.root}: images of median shape "
@@ -461,7 +462,7 @@ def plan_dataset(fingerprint: DatasetFingerprint, memory_gb: float = 8.0, minute
     _data_section(plan, fingerprint, labels, modality, spacing, aniso, resample, layout)
     patch, kernels, memory, shrunk = _fit_patch(shapes, plane_spacing, budget, measure_for)
     _model_section(plan, layout, kernels, aniso, in_channels)
-    total_voxels = float((fingerprint.shapes * fingerprint.spacings / spacing).prod(axis=1).sum())
+    total_voxels = float(resampled.prod(axis=1).sum())
     cap = max(MIN_BATCH, int(MAX_DATASET_FRACTION * total_voxels // math.prod(patch)))
     where = "median shape at the target spacing" if layout.axis is None else \
         f"median in-plane shape at the target spacing (axes other than {layout.axis})"
