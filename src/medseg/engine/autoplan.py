@@ -65,6 +65,7 @@ from medseg.data.slices import AXIS_NAMES, resolve_slice_axes
 from medseg.engine.benchmark import measure_peak_memory
 from medseg.engine.config import RunConfig, config_from_dict
 from medseg.engine.device import resolve_device
+from medseg.engine.plan import build_optimizer
 from medseg.errors import MedsegError
 from medseg.fileio import write_text_atomically
 from medseg.losses import build_loss
@@ -293,9 +294,7 @@ def time_steps(config: RunConfig, channels: int, classes: int, device: torch.dev
     patch = list(config.data.patch_size or ())
     model = _build(config, channels, classes, len(patch), device)
     loss_fn = _loss_fn(config).to(device)
-    optim = config.optim
-    optimizer = torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum, nesterov=True,
-                                weight_decay=optim.weight_decay)
+    optimizer = build_optimizer(config, model)
     x, y = _random_batch(config, channels, patch, config.data.batch_size, classes, device)
     times = []
     for _ in range(steps + 1):
