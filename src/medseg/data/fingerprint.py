@@ -66,11 +66,6 @@ class CaseFingerprint:
     def voxels(self) -> int:
         return int(np.prod(self.shape))
 
-    @property
-    def label_fractions(self) -> dict[int, float]:
-        """Voxel fraction of each label value (class frequencies)."""
-        return {value: count / self.voxels for value, count in self.label_counts.items()}
-
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["label_counts"] = {str(k): v for k, v in self.label_counts.items()}
