@@ -581,10 +581,10 @@ def validation_seconds(fingerprint: DatasetFingerprint, spacing: np.ndarray, pat
     volume is its slices along ``axis``, each predicted whole (a patch's cost per patch of its area)."""
     shape = np.median(fingerprint.shapes * fingerprint.spacings / spacing, axis=0)
     if axis is not None:
-        plane = np.delete(shape, axis)
-        windows = shape[axis] * max(float(np.prod(plane)) / math.prod(patch), 1.0)
-        return val_cases * windows * step_seconds / batch / 3
-    windows = math.prod(1 + math.ceil(max(n - p, 0) / (0.5 * p)) for n, p in zip(shape, patch, strict=True))
+        windows = shape[axis] * max(float(np.prod(np.delete(shape, axis))) / math.prod(patch), 1.0)
+    else:
+        windows = math.prod(1 + math.ceil(max(n - p, 0) / (0.5 * p))
+                            for n, p in zip(shape, patch, strict=True))
     return val_cases * windows * step_seconds / batch / 3
 
 
