@@ -66,11 +66,6 @@ class CaseFingerprint:
     def voxels(self) -> int:
         return int(np.prod(self.shape))
 
-    @property
-    def label_fractions(self) -> dict[int, float]:
-        """Voxel fraction of each label value (class frequencies)."""
-        return {value: count / self.voxels for value, count in self.label_counts.items()}
-
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["label_counts"] = {str(k): v for k, v in self.label_counts.items()}
@@ -190,6 +185,7 @@ class DatasetFingerprint:
 
 
 def _records(case: Case) -> list[dict[str, Any]]:
+    """The source files' path, size and ``mtime_ns``, taken before a case is read."""
     return [file_record(p) for p in source_paths(case)]
 
 
@@ -202,10 +198,6 @@ def _read_cache(path: Path) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         logger.warning("%s: unreadable fingerprint cache, reading every case again", path)
         return {}
-
-
-def _job(case: Case) -> tuple[list[dict[str, Any]], CaseFingerprint]:
-    return _records(case), case_fingerprint(case)
 
 
 def dataset_fingerprint(root: str | Path, cache: str | Path | None = None, jobs: int = 0,
@@ -229,20 +221,24 @@ def dataset_fingerprint(root: str | Path, cache: str | Path | None = None, jobs:
     cached = _read_cache(cache_path) if cache_path is not None else {}
     results: dict[str, CaseFingerprint] = {}
     todo: list[Case] = []
+    sources: dict[str, list[dict[str, Any]]] = {}
     for case in dataset.cases:
         entry = cached.get(case.case_id)
-        if entry is not None and entry.get("sources") == _records(case):
+        records = _records(case)
+        if entry is not None and entry.get("sources") == records:
             results[case.case_id] = CaseFingerprint.from_dict(entry["fingerprint"])
         else:
             todo.append(case)
+            sources[case.case_id] = records
     logger.info("fingerprint: %d of %d cases cached", len(dataset.cases) - len(todo), len(dataset.cases))
     entries = {cid: cached[cid] for cid in results}
     bar = tqdm(total=len(todo), desc="fingerprint", unit="case", file=sys.stderr, disable=not progress)
     with bar, process_pool(jobs, len(todo)) as pool:
-        outputs = map(_job, todo) if pool is None else pool.map(_job, todo, chunksize=max(1, len(todo) // 32))
-        for case, (sources, fingerprint) in zip(todo, outputs, strict=True):
+        outputs = map(case_fingerprint, todo) if pool is None else \
+            pool.map(case_fingerprint, todo, chunksize=max(1, len(todo) // 32))
+        for case, fingerprint in zip(todo, outputs, strict=True):
             results[case.case_id] = fingerprint
-            entries[case.case_id] = {"sources": sources, "fingerprint": fingerprint.to_dict()}
+            entries[case.case_id] = {"sources": sources[case.case_id], "fingerprint": fingerprint.to_dict()}
             bar.update()
     if cache_path is not None and (todo or set(cached) != set(entries)):
         text = json.dumps({"version": FINGERPRINT_VERSION, "root": str(dataset.root), "cases": entries},

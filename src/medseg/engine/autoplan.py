@@ -53,22 +53,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
 
-from medseg.data.fingerprint import DatasetFingerprint
+from medseg.data.fingerprint import DatasetFingerprint, dataset_fingerprint
 from medseg.data.preprocess import ANISOTROPY_THRESHOLD, lowres_axis
 from medseg.data.slices import AXIS_NAMES, resolve_slice_axes
 from medseg.engine.benchmark import measure_peak_memory
 from medseg.engine.config import RunConfig, config_from_dict
 from medseg.engine.device import resolve_device
+from medseg.engine.plan import build_optimizer
 from medseg.errors import MedsegError
 from medseg.fileio import write_text_atomically
 from medseg.losses import build_loss
 from medseg.models.registry import create_model
+from medseg.models.unet import axis_multiples
 
 MIN_POOL_SIZE = 8
 """An axis is pooled only while its feature-map size is at least this (so it stays >= 4 after)."""
@@ -91,7 +93,6 @@ INSTANCE_VALUES = 10
 TIMED_STEPS = 2
 SLICE_NEIGHBOURS = 2
 """k of a 2.5D plan: the 2 neighbouring slices on each side of the centre slice (5 input slices)."""
-PlanMode = Literal["auto", "2d", "2.5d", "3d"]
 MODES: tuple[str, ...] = ("auto", "2d", "2.5d", "3d")
 
 
@@ -173,10 +174,6 @@ def pool_kernels(patch: Sequence[float], spacing: Sequence[float], max_steps: in
         size = np.where(pooled, size / 2, size)
         current = np.where(pooled, current * 2, current)
     return kernels
-
-
-def axis_multiples(kernels: Sequence[Sequence[int]], dims: int) -> list[int]:
-    return [math.prod(k[a] for k in kernels) for a in range(dims)]
 
 
 def level_features(depth: int, dims: int) -> list[int]:
@@ -297,9 +294,7 @@ def time_steps(config: RunConfig, channels: int, classes: int, device: torch.dev
     patch = list(config.data.patch_size or ())
     model = _build(config, channels, classes, len(patch), device)
     loss_fn = _loss_fn(config).to(device)
-    optim = config.optim
-    optimizer = torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum, nesterov=True,
-                                weight_decay=optim.weight_decay)
+    optimizer = build_optimizer(config, model)
     x, y = _random_batch(config, channels, patch, config.data.batch_size, classes, device)
     times = []
     for _ in range(steps + 1):
@@ -446,7 +441,8 @@ def plan_dataset(fingerprint: DatasetFingerprint, memory_gb: float = 8.0, minute
         f"{_numbers(median)}, median shape {_numbers(np.median(fingerprint.shapes, axis=0))}.",
     ])
 
-    shapes = layout.plane(fingerprint.shapes * fingerprint.spacings / spacing)  # resampled, in-plane (2.5D)
+    resampled = fingerprint.shapes * fingerprint.spacings / spacing  # [N, D] shapes at the target spacing
+    shapes = layout.plane(resampled)  # in-plane for 2.5D
     plane_spacing = layout.plane(spacing)
     if not pool_kernels(np.median(shapes, axis=0), plane_spacing, 1):
         raise MedsegError(f"{fingerprint.root}: images of median shape "
@@ -465,7 +461,7 @@ def plan_dataset(fingerprint: DatasetFingerprint, memory_gb: float = 8.0, minute
     _data_section(plan, fingerprint, labels, modality, spacing, aniso, resample, layout)
     patch, kernels, memory, shrunk = _fit_patch(shapes, plane_spacing, budget, measure_for)
     _model_section(plan, layout, kernels, aniso, in_channels)
-    total_voxels = float((fingerprint.shapes * fingerprint.spacings / spacing).prod(axis=1).sum())
+    total_voxels = float(resampled.prod(axis=1).sum())
     cap = max(MIN_BATCH, int(MAX_DATASET_FRACTION * total_voxels // math.prod(patch)))
     where = "median shape at the target spacing" if layout.axis is None else \
         f"median in-plane shape at the target spacing (axes other than {layout.axis})"
@@ -585,10 +581,10 @@ def validation_seconds(fingerprint: DatasetFingerprint, spacing: np.ndarray, pat
     volume is its slices along ``axis``, each predicted whole (a patch's cost per patch of its area)."""
     shape = np.median(fingerprint.shapes * fingerprint.spacings / spacing, axis=0)
     if axis is not None:
-        plane = np.delete(shape, axis)
-        windows = shape[axis] * max(float(np.prod(plane)) / math.prod(patch), 1.0)
-        return val_cases * windows * step_seconds / batch / 3
-    windows = math.prod(1 + math.ceil(max(n - p, 0) / (0.5 * p)) for n, p in zip(shape, patch, strict=True))
+        windows = shape[axis] * max(float(np.prod(np.delete(shape, axis))) / math.prod(patch), 1.0)
+    else:
+        windows = math.prod(1 + math.ceil(max(n - p, 0) / (0.5 * p))
+                            for n, p in zip(shape, patch, strict=True))
     return val_cases * windows * step_seconds / batch / 3
 
 
@@ -628,18 +624,12 @@ def write_plan(plan: AutoPlan, path: str | Path) -> Path:
     return Path(path)
 
 
-def plan_command(argv: Sequence[str]) -> str:
-    return shlex.join(["medseg", *argv])
-
-
 def plan_path(data: str | Path, *, memory_gb: float = 8.0, minutes: float = 60.0,
               out: str | Path | None = None,
               jobs: int = 0, cache: str | Path | None = None, device: str = "auto", progress: bool = True,
               channels_suffix: bool | None = None, argv: Sequence[str] = (), mode: str = "auto") -> Path:
     """``medseg plan``: fingerprint ``data`` (cached), plan (``mode``: auto, 2d, 2.5d or 3d) and write the
     preset; returns its path."""
-    from medseg.data.fingerprint import dataset_fingerprint
-
     data = Path(data)
     if not data.exists():
         raise MedsegError(f"{data}: no such data set folder or list")
@@ -648,6 +638,6 @@ def plan_path(data: str | Path, *, memory_gb: float = 8.0, minutes: float = 60.0
     fingerprint = dataset_fingerprint(data, cache=cache, jobs=jobs, progress=progress,
                                       channels_suffix=channels_suffix)
     out = Path(out) if out is not None else Path(f"plan-{stem}.yaml")
-    plan = plan_dataset(fingerprint, memory_gb, minutes, device, plan_command(argv), name=out.stem,
+    plan = plan_dataset(fingerprint, memory_gb, minutes, device, shlex.join(["medseg", *argv]), name=out.stem,
                         mode=mode)  # the preset is named as its file (as every preset in configs/)
     return write_plan(plan, out)

@@ -94,6 +94,11 @@ def check_pool_kernels(pool_kernels: Sequence[Sequence[int]] | None, spatial_dim
     return kernels
 
 
+def axis_multiples(kernels: Sequence[Sequence[int]], spatial_dims: int) -> list[int]:
+    """Per axis the product of its pooling factors: what each input extent must be a multiple of."""
+    return [math.prod(k[axis] for k in kernels) for axis in range(spatial_dims)]
+
+
 def concat_skip(level: int, up_channels: int, skip_channels: int) -> nn.Module:
     """The default :data:`SkipFactory`: a :class:`ConcatSkip` at every level."""
     return ConcatSkip(up_channels, skip_channels)
@@ -239,7 +244,7 @@ class UNet(SegmentationModel):
         if kernels is not None and (padding != "same" or skip != "concat"):
             raise MedsegError("pool_kernels needs padding 'same' and skip 'concat'")
         self.axis_multiples = [2**depth] * spatial_dims if kernels is None else \
-            [math.prod(k[axis] for k in kernels) for axis in range(spatial_dims)]
+            axis_multiples(kernels, spatial_dims)
         self.input_multiple = max(self.axis_multiples)  # pads every axis enough (all are powers of 2)
         self.encoder = UNetEncoder(spatial_dims, in_channels, features, depth, padding, norm, act, dropout,
                                    kernels)
