@@ -6,8 +6,8 @@ sliding window.
 
 Per case (nnU-Net's ``predict_from_raw_data`` structure): read the image with its geometry, preprocess it
 with the checkpoint's :class:`~medseg.data.Preprocessor`, predict logits (whole image, or Gaussian-weighted
-sliding window when a patch size is known, slice by slice for 2.5D checkpoints (:mod:`medseg.engine.slice_inference`);
-mirroring TTA; several checkpoints averaged as probabilities),
+sliding window when a patch size is known, slice by slice for 2.5D checkpoints
+(:mod:`medseg.engine.slice_inference`); mirroring TTA; several checkpoints averaged as probabilities),
 convert to labels (threshold / argmax), postprocess, map back to the source grid
 (:meth:`Preprocessor.revert`) and write the mask under the source case id, with optional probabilities and
 a PNG overlay for 2D images.
