@@ -13,8 +13,10 @@ from medseg.engine import schedules as schedules_module
 from medseg.engine.config import load_config
 from medseg.engine.schedules import (
     SCHEDULES,
+    BudgetClock,
     ScheduleConfig,
     lr_factor_function,
+    on_budget,
     register_schedule,
     schedule_names,
 )
@@ -172,3 +174,32 @@ def test_the_registry_is_a_registry_and_the_config_module_re_exports_the_schedul
         assert getattr(config_module, name) is getattr(schedules_module, name)
     with pytest.raises(ConfigError, match=r"^schedule\.name: 'coisne' is not one of constant, .*'cosine'"):
         lr_factor_function(ScheduleConfig(name="coisne"), 10)
+
+
+def test_on_budget_follows_whichever_of_steps_and_time_ends_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]
+    monkeypatch.setattr(BudgetClock, "now", staticmethod(lambda: now[0]))
+    clock = BudgetClock(100.0)
+    poly = lr_factor_function(ScheduleConfig(name="poly", power=1.0), total_steps=200)
+    factor = on_budget(poly, 200, clock)
+    assert factor(10) == pytest.approx(poly(10))  # no time used yet: the step plan
+    now[0] = 50.0
+    clock.tick()
+    assert clock.fraction() == pytest.approx(0.5) and not clock.exhausted()
+    assert factor(10) == pytest.approx(poly(100)) == pytest.approx(0.5)  # half the time: half the schedule
+    assert factor(150) == pytest.approx(poly(150))  # the steps ahead of the clock
+    assert clock.exhausted(reserve=50.0)
+    now[0] = 130.0
+    clock.tick()
+    assert clock.fraction() == 1.0 and factor(10) == pytest.approx(0.0)
+
+
+def test_budget_clock_resumes_with_the_seconds_already_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(BudgetClock, "now", staticmethod(lambda: now[0]))
+    clock = BudgetClock(60.0)
+    clock.restart(used=30.0)
+    now[0] += 15.0
+    assert clock.tick() == pytest.approx(45.0) and clock.fraction() == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="positive"):
+        BudgetClock(0.0)

@@ -22,6 +22,7 @@ from medseg.engine import plan as plan_module
 from medseg.engine import trainer as trainer_module
 from medseg.engine.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
 from medseg.engine.config import config_from_dict
+from medseg.engine.schedules import BudgetClock
 from medseg.engine.trainer import train
 from medseg.engine.validation import BestMetric
 from medseg.errors import MedsegError
@@ -91,11 +92,45 @@ def test_resume_matches_an_uninterrupted_run(tmp_path: Path, monkeypatch: pytest
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_time_budget_stops_at_the_first_epoch_end_past_it(tmp_path: Path) -> None:
+def test_a_spent_time_budget_stops_after_the_first_optimiser_step(tmp_path: Path) -> None:
     config = config_from_dict(tiny_config(tmp_path, epochs=5, max_minutes=1e-6))
     result = train(config, progress=False)
     assert result.epochs_run == 1 and len(result.history) == 1
+    assert "val_dice" in result.history[0]  # the cut epoch is still validated
+    assert load_checkpoint(result.last_checkpoint)["training"]["global_step"] == 1
     assert result.best_checkpoint is not None and result.best_checkpoint.is_file()
+
+
+class FakeSeconds:
+    """A clock that advances ``step`` seconds per reading."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_time_budget_cuts_the_epoch_and_ends_the_poly_schedule(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(BudgetClock, "now", staticmethod(FakeSeconds(1.0)))  # 1 s per reading
+    config = config_from_dict(tiny_config(tmp_path, epochs=20, max_minutes=5.5 / 60))
+    result = train(config, progress=False)
+    training = load_checkpoint(result.last_checkpoint)["training"]
+    steps_per_epoch = 3  # 6 training images, batch 2 (see tiny_config)
+    # readings: 1 s per step, 1 s at each epoch end; epoch 1: 3 steps (3 s), its end (4 s); epoch 2 is cut
+    # after its second step (6 s >= 5.5 s)
+    assert training["global_step"] == 5 and result.epochs_run == 2
+    assert training["global_step"] < 20 * steps_per_epoch
+    assert training["extra"]["budget_seconds_used"] == pytest.approx(7.0)  # the final epoch end
+    assert training["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-6)  # poly at its end
+    lrs = [row["lr"] for row in result.history]
+    # epoch 2 starts with the rate set at step 3 (3 of 5.5 s): the poly factor of step round(3/5.5 * 60) of
+    # the 60 planned, not of step 3
+    step = round(3 / 5.5 * 20 * steps_per_epoch)
+    assert lrs[0] == pytest.approx(0.01) and lrs[1] == pytest.approx(0.01 * (1 - step / 60) ** 0.9, rel=1e-6)
+    assert all("val_dice" in row for row in result.history)
 
 
 def test_sigkill_mid_run_resumes_from_last_checkpoint(tmp_path: Path) -> None:

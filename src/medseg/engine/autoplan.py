@@ -607,7 +607,8 @@ def _train_section(plan: AutoPlan, seconds: float, minutes: float, device: torch
     plan.set("train.iterations_per_epoch", per_epoch,
              f"{ITERATIONS_PER_EPOCH} batches per epoch (nnU-Net), fewer to keep about {MIN_EPOCHS} epochs"
              if per_epoch < ITERATIONS_PER_EPOCH else f"{ITERATIONS_PER_EPOCH} batches per epoch (nnU-Net)")
-    plan.set("train.max_minutes", float(minutes), "stop at the first epoch end past the time budget")
+    plan.set("train.max_minutes", float(minutes),
+             "the time budget: the schedule follows it, training stops when it is spent")
     plan.set("train.val_every", max(epochs // validations, 1),
              f"about {validations} validations (at most {VALIDATION_SHARE:.0%} of the time; the last epoch "
              "always validates)")

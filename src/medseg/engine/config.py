@@ -192,21 +192,23 @@ MAX_SCALE_FACTOR = 8.0
 @dataclass
 class TrainConfig:
     """The training loop. ``iterations`` (total batches), when given, replaces ``epochs``;
-    ``iterations_per_epoch`` None is one pass over the training cases in whole-image mode (a number caps
-    the pass: each epoch then sees a different seeded subset) and 250 batches in patch mode. Validation every
+    ``iterations_per_epoch`` None is one pass over the training cases in whole-image mode (a number caps the
+    pass: each epoch then sees a different seeded subset) and 250 batches in patch mode. Validation every
     ``val_every`` epochs computes ``val_metrics`` (instance runs: ``ap``, ``ap50``, ``ap75``, ``dsb``,
-    ``aji``, ``pq``, ``object_dice``); ``best_metric`` selects ``best.pt``; early stopping
-    after ``early_stopping_patience`` validations without improvement; ``max_minutes`` stops at the first
-    epoch end past that training time (the best checkpoint so far stays). ``amp`` ``auto``: bf16 on a GPU
-    that has it, else fp16 with a scaler on a GPU, none on the CPU. ``ema_decay``: keep an exponential
-    moving average of the weights (validated and saved as the model). ``multi_scale``: per training batch
-    a size drawn (seeded) from the list, after augmentation: integers are absolute sizes (every axis; M2SNet
-    ``[224, 256, 288, 320, 352]``), numbers with a fractional part make it a list of factors of the batch's
-    size (U-Net v2 ``[0.75, 1, 1.25]``); rounded to a multiple of the model's input multiple; images
-    resized bi/trilinearly, labels by nearest neighbour. ``save_every``: besides ``last.pt`` and ``best.pt``
-    keep a checkpoint every that many epochs (``epoch_0010.pt``: the content of ``last.pt`` then, training
-    state included, so it can be copied to ``last.pt`` to resume from there). ``adversarial``: train
-    against a discriminator (Luc et al. 2016; :class:`medseg.engine.adversarial.AdversarialConfig`)."""
+    ``aji``, ``pq``, ``object_dice``); ``best_metric`` selects ``best.pt``; early stopping after
+    ``early_stopping_patience`` validations without improvement; ``max_minutes`` is a time budget: the
+    learning-rate schedule runs on whichever of the planned steps and the budget ends first (a poly decay
+    reaches 0 when the minutes run out), training stops at the optimiser step where the budget less the last
+    validation's duration is spent, then validates and saves (validation counts in the budget). ``amp``
+    ``auto``: bf16 on a GPU that has it, else fp16 with a scaler on a GPU, none on the CPU. ``ema_decay``:
+    keep an exponential moving average of the weights (validated and saved as the model). ``multi_scale``:
+    per training batch a size drawn (seeded) from the list, after augmentation: integers are absolute sizes
+    (every axis; M2SNet ``[224, 256, 288, 320, 352]``), numbers with a fractional part make it a list of
+    factors of the batch's size (U-Net v2 ``[0.75, 1, 1.25]``); rounded to a multiple of the model's input
+    multiple; images resized bi/trilinearly, labels by nearest neighbour. ``save_every``: besides ``last.pt``
+    and ``best.pt`` keep a checkpoint every that many epochs (``epoch_0010.pt``: the content of ``last.pt``
+    then, training state included, so it can be copied to ``last.pt`` to resume from there). ``adversarial``:
+    train against a discriminator (Luc et al. 2016; :class:`medseg.engine.adversarial.AdversarialConfig`)."""
 
     epochs: int = bounded(100, ge=1)
     iterations: int | None = bounded(None, ge=1)

@@ -52,6 +52,7 @@ from medseg.engine.checkpoint import load_initial_weights, unwrap_model
 from medseg.engine.config import RunConfig, lr_factor_function
 from medseg.engine.distributed import DistributedContext, barrier, wrap_model
 from medseg.engine.rundir import RunPaths
+from medseg.engine.schedules import BudgetClock, on_budget
 from medseg.errors import MedsegError
 from medseg.layers import resize_labels, resize_to
 from medseg.losses import build_loss
@@ -439,6 +440,8 @@ class TrainingPlan:
     epochs: int
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    clock: BudgetClock | None = None
+    """The time budget (``train.max_minutes``) that the schedule follows, or None."""
 
 
 def plan_training(config: RunConfig, data: DataPlan, ctx: DistributedContext, device: torch.device,
@@ -477,9 +480,13 @@ def plan_training(config: RunConfig, data: DataPlan, ctx: DistributedContext, de
     full, rest = divmod(total_batches, batches_per_epoch)
     steps = full * per_epoch + math.ceil(rest / train.grad_accumulation)
     optimizer = build_optimizer(config, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor_function(config.schedule, steps,
-                                                                                 per_epoch))
+    factor = lr_factor_function(config.schedule, steps, per_epoch)
+    clock = None
+    if train.max_minutes is not None:  # the schedule ends when the steps or the minutes run out
+        clock = BudgetClock(60.0 * train.max_minutes)
+        factor = on_budget(factor, steps, clock)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return TrainingPlan(data=data, options=options, model=model, ema=ema, net=net, loss_fn=loss_fn,
                         multi_scale=multi_scale, loader=loader, batches_per_epoch=batches_per_epoch,
                         total_batches=total_batches, epochs=train.total_epochs(batches_per_epoch),
-                        optimizer=optimizer, scheduler=scheduler)
+                        optimizer=optimizer, scheduler=scheduler, clock=clock)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,8 +18,8 @@ from typing import Any
 from medseg.config_types import ConfigError, bounded, did_you_mean
 from medseg.registries import Registry
 
-__all__ = ["SCHEDULES", "LrFactor", "Schedule", "ScheduleBuilder", "ScheduleConfig", "lr_factor_function",
-           "register_schedule", "schedule_names"]
+__all__ = ["SCHEDULES", "BudgetClock", "LrFactor", "Schedule", "ScheduleBuilder", "ScheduleConfig",
+           "lr_factor_function", "on_budget", "register_schedule", "schedule_names"]
 
 
 @dataclass
@@ -209,3 +210,52 @@ def lr_factor_function(config: ScheduleConfig, total_steps: int, steps_per_epoch
         return float(main(step - offset))
 
     return factor
+
+
+# ------------------------------------------------------------------------------------------ time budgets
+
+
+class BudgetClock:
+    """The share of a wall-clock training budget (``train.max_minutes``) used so far.
+
+    :meth:`tick` reads the clock (the trainer calls it once per optimiser step, and under DDP passes the
+    mean over ranks through ``reduce`` so that every rank sees the same value); :attr:`used` holds the
+    seconds of the last tick, including ``used`` seconds of an earlier, resumed part of the run.
+    """
+
+    now = staticmethod(time.monotonic)
+    """The clock read (replaceable in tests)."""
+
+    def __init__(self, seconds: float, used: float = 0.0) -> None:
+        if seconds <= 0:
+            raise ValueError(f"the time budget must be positive, got {seconds} s")
+        self.seconds = float(seconds)
+        self.restart(used)
+
+    def restart(self, used: float = 0.0) -> None:
+        """Count from now on, ``used`` seconds already spent (a resumed run)."""
+        self.used = float(used)
+        self._origin = self.now() - self.used
+
+    def tick(self, reduce: Callable[[float], float] | None = None) -> float:
+        """Read the clock; returns the seconds used."""
+        used = self.now() - self._origin
+        self.used = reduce(used) if reduce is not None else used
+        return self.used
+
+    def fraction(self) -> float:
+        """The used share of the budget at the last tick, in [0, 1]."""
+        return min(self.used / self.seconds, 1.0)
+
+    def exhausted(self, reserve: float = 0.0) -> bool:
+        """Whether the budget, less ``reserve`` seconds (e.g. the coming validation), was spent at the last
+        tick."""
+        return self.used + reserve >= self.seconds
+
+
+def on_budget(factor: LrFactor, total_steps: int, clock: BudgetClock) -> LrFactor:
+    """``factor`` run on whichever of the step plan and the time budget ends first: step ``t`` gets the
+    factor of step ``max(t, round(share of the budget used * total_steps))``, so a run stopped by its time
+    budget ends its schedule (a poly decay reaches 0) when the budget runs out instead of being cut at a
+    high rate."""
+    return lambda step: factor(max(step, round(clock.fraction() * total_steps)))

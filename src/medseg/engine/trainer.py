@@ -20,7 +20,10 @@ state-dict file, not on resume; ``model.init_skip_mismatched`` keeps the model's
 shapes differ), ``train.save_every`` (an ``epoch_NNNN.pt`` kept every N epochs), ``train.multi_scale`` (a
 size drawn per batch after augmentation, M2SNet / U-Net v2) and ``train.ema_decay`` (an exponential moving
 average of the weights, which is what is validated and saved as the model; ``last.pt`` also keeps the
-trained weights for resuming).
+trained weights for resuming) and ``train.max_minutes`` (a time budget: the learning-rate schedule follows
+whichever of the step plan and the budget ends first, :func:`medseg.engine.schedules.on_budget`, and the
+epoch in which the budget runs out is cut at an optimiser step, leaving the last validation's duration for
+the final validation and checkpoint).
 """
 
 from __future__ import annotations
@@ -153,6 +156,8 @@ class Trainer:
         self.loss_fn, self.multi_scale, self.loader = parts.loss_fn, parts.multi_scale, parts.loader
         self.batches_per_epoch, self.total_batches = parts.batches_per_epoch, parts.total_batches
         self.epochs, self.optimizer, self.scheduler = parts.epochs, parts.optimizer, parts.scheduler
+        self.clock = parts.clock
+        self.validation_seconds = 0.0  # the last validation's duration, kept free at the end of a budget
         self.amp_dtype = _amp_dtype(train.amp, device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.instance = is_instance_model(config.model.name)
@@ -183,6 +188,8 @@ class Trainer:
         self.epoch, self.global_step = state.epoch, state.global_step
         self.best.score, self.best.stale = state.best_score, state.epochs_without_improvement
         self.batches_done = int(state.extra.get("batches_done", 0))
+        if self.clock is not None:
+            self.clock.restart(float(state.extra.get("budget_seconds_used", 0.0)))
         self.history = [dict(row) for row in state.extra.get("history", [])]
         if self.adversary is not None:
             self.adversary.load_state_dict(state.extra.get("adversarial"), self.paths.last)
@@ -197,6 +204,8 @@ class Trainer:
         training = None
         if with_training:
             extra: dict[str, Any] = {"history": self.history, "batches_done": self.batches_done}
+            if self.clock is not None:
+                extra["budget_seconds_used"] = self.clock.used
             if self.ema is not None:
                 extra["model_state"] = {k: v.detach().cpu().clone()
                                         for k, v in self.model.state_dict().items()}
@@ -244,8 +253,19 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model)
+        if self.clock is not None:
+            self.clock.tick(self._mean_over_ranks if self.ctx.enabled else None)
         self.scheduler.step()
         self.global_step += 1
+
+    def _mean_over_ranks(self, value: float) -> float:
+        summed = all_reduce_sum(torch.tensor([value], dtype=torch.float64, device=self.device), self.ctx)
+        return float(summed[0]) / self.ctx.world_size
+
+    def out_of_time(self) -> bool:
+        """Whether the time budget is spent, the last validation's duration kept free for the final one
+        (the same answer on every DDP rank: the clock is their mean)."""
+        return self.clock is not None and self.clock.exhausted(reserve=self.validation_seconds)
 
     def batch_loss(self, image: torch.Tensor, label: torch.Tensor, parts: dict[str, float]
                    ) -> tuple[torch.Tensor, Any]:
@@ -277,9 +297,10 @@ class Trainer:
         parts: dict[str, float] = {}
         bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}/{self.epochs}", unit="batch",
                    disable=not self.progress, leave=False)
+        done, step_now = 0, False
         for index, (image, label) in enumerate(self.loader):
-            if index >= n_batches:
-                break
+            if index >= n_batches or (done > 0 and step_now and self.out_of_time()):
+                break  # the epoch's batches are done, or the time budget ran out after an optimiser step
             image = image.to(self.device, non_blocking=True)
             label = label.to(self.device, non_blocking=True)
             if config.data.label_mode == "multilabel":
@@ -304,15 +325,16 @@ class Trainer:
             if step_now:
                 self._optimizer_step()
             self.batches_done += 1
+            done += 1
             total += loss.item()
             samples += image.shape[0]
             rate = samples * self.ctx.world_size / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(loss=f"{total / (index + 1):.4f}", samples_s=f"{rate:.1f}")
+            bar.set_postfix(loss=f"{total / done:.4f}", samples_s=f"{rate:.1f}")
             bar.update()
         bar.close()
         elapsed = time.perf_counter() - start
         names = sorted(parts)
-        mean = all_reduce_sum(torch.tensor([total, *(parts[k] for k in names), float(n_batches)],
+        mean = all_reduce_sum(torch.tensor([total, *(parts[k] for k in names), float(done)],
                                            dtype=torch.float64, device=self.device), self.ctx).cpu()
         row = {"train_loss": (mean[0] / mean[-1]).item()}
         row.update({name: (mean[1 + i] / mean[-1]).item() for i, name in enumerate(names)})
@@ -342,19 +364,25 @@ class Trainer:
             self.restore()
         writer = _open_tensorboard(self.paths) if self.ctx.is_main else None
         train = self.config.train
-        deadline = None if train.max_minutes is None else time.monotonic() + 60.0 * train.max_minutes
+        if self.clock is not None and not resume:
+            self.clock.restart()
         stopped = out_of_time = False
         while self.epoch < self.epochs and self.batches_done < self.total_batches and not stopped:
             start = time.perf_counter()
             lr = self.optimizer.param_groups[-1]["lr"]
             row: dict[str, Any] = {"epoch": self.epoch + 1, **self.train_epoch(), "lr": lr}
-            last = self.epoch + 1 >= self.epochs or self.batches_done >= self.total_batches
+            out_of_time = self.out_of_time()
+            last = self.epoch + 1 >= self.epochs or self.batches_done >= self.total_batches or out_of_time
             if (self.epoch + 1) % train.val_every == 0 or last:
+                validation_start = time.perf_counter()
                 row.update(self.validator(self.evaluated_model()))
+                self.validation_seconds = time.perf_counter() - validation_start
             row["time_s"] = time.perf_counter() - start
             self.epoch += 1
+            if self.clock is not None:  # the validation counts in the budget (and in last.pt's record)
+                self.clock.tick(self._mean_over_ranks if self.ctx.enabled else None)
             stopped = self.end_epoch(row)
-            out_of_time = deadline is not None and time.monotonic() >= deadline and self.epoch < self.epochs
+            out_of_time = self.out_of_time() and self.epoch < self.epochs
             stopped = stopped or out_of_time
             if writer is not None:
                 for key, value in row.items():
@@ -365,7 +393,7 @@ class Trainer:
         if writer is not None:
             writer.close()
         if out_of_time:
-            logger.info("time budget of %.1f minutes reached after epoch %d of %d; keeping the best",
+            logger.info("time budget of %.1f minutes reached in epoch %d of %d; keeping the best",
                         train.max_minutes, self.epoch, self.epochs)
         elif stopped:
             logger.info("early stopping after %d validations without improvement", self.best.stale)
