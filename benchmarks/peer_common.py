@@ -11,8 +11,15 @@ budget (``--minutes``) and a U-Net of the same size on both sides:
 2. **medseg**: ``medseg.engine.train`` with the task's config: our ``unet`` of the same widths (instance
    norm, leaky ReLU 0.1), the engine's defaults (nnU-Net augmentation, gradient clipping, validation
    every epoch, best checkpoint by validation Dice), Dice + BCE / Dice + CE, Adam at ``--lr``, poly
-   decay planned over as many optimiser steps as the peer made (``train.iterations``), stopped by
-   ``train.max_minutes`` = ``--minutes`` at the latest.
+   decay.
+
+**Equal time** (the default): the two sides train at the same time, the peer in a child process of this
+script (``--peer-only``, its log in ``OUT/peer.log``) and medseg in this one, each on ``--threads``
+threads, so that they share the machine's load alike; each makes as many optimiser steps as it can in
+``--minutes``: the peer's poly decay runs over the elapsed share of the budget, medseg's over
+``train.max_minutes`` = ``--minutes`` (its schedule follows the budget, validation counts in it, see
+:class:`medseg.engine.schedules.BudgetClock`). ``--equal-steps`` instead trains the peer first and then
+medseg for exactly the peer's number of optimiser steps (``train.iterations``; ``--minutes`` caps it).
 
 Both read the same preprocessed arrays (the engine's cache, ``OUT/cache``). Both are evaluated by
 :func:`heldout_dice`, one function for both: each held-out case preprocessed, predicted without
@@ -30,6 +37,7 @@ import argparse
 import json
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -224,7 +232,13 @@ class SideResult:
                    {int(k): float(v) for k, v in data["dice"].items()}, data.get("note", ""))
 
 
-def medseg_config(task: PeerTask, args: argparse.Namespace, out: Path, iterations: int) -> Any:
+EQUAL_TIME_EPOCHS = 10_000
+"""medseg's epoch count at equal time: more than any budget allows, so that the time budget ends the run."""
+
+
+def medseg_config(task: PeerTask, args: argparse.Namespace, out: Path, iterations: int | None) -> Any:
+    """The medseg side's config: ``iterations`` optimiser steps (equal steps), or None: as many as
+    ``--minutes`` allow (equal time)."""
     data = task.medseg_config(args)
     data.update(name=f"peer-{task.name}-medseg", run_dir=str(out / "medseg"))
     data["data"].update(root=str(args.data), splits_file=str(out / "splits.json"), fold=0,
@@ -234,6 +248,8 @@ def medseg_config(task: PeerTask, args: argparse.Namespace, out: Path, iteration
     data["schedule"] = {"name": "poly", "power": 0.9}
     data.setdefault("train", {}).update(iterations=iterations, max_minutes=args.minutes, seed=args.seed,
                                         device="cpu")
+    if iterations is None:
+        data["train"]["epochs"] = EQUAL_TIME_EPOCHS
     return config_from_dict(data, args.set)
 
 
@@ -262,7 +278,7 @@ def run_peer(task: PeerTask, args: argparse.Namespace, arrays: Sequence[tuple[np
                       f"loss {first:.3f} (first 10 steps) -> {last:.3f} (last 10)")
 
 
-def run_medseg(task: PeerTask, args: argparse.Namespace, out: Path, iterations: int,
+def run_medseg(task: PeerTask, args: argparse.Namespace, out: Path, iterations: int | None,
                test_cases: Sequence[Any], preprocessor: Any) -> list[SideResult]:
     config = medseg_config(task, args, out, iterations)
     result = train(config)
@@ -303,15 +319,30 @@ def compare(task: PeerTask, args: argparse.Namespace) -> list[SideResult]:
     if args.reuse_peer:
         if not peer_file.is_file():
             raise MedsegError(f"--reuse-peer: {peer_file} not found (run once without it)")
-        peer = SideResult.from_json(json.loads(peer_file.read_text(encoding="utf-8")))
-    else:
+    elif args.peer_only or args.equal_steps:
         peer = run_peer(task, args, load_arrays(cache, split["train"]), test_cases, preprocessor)
         write_text_atomically(peer_file, json.dumps(peer.to_json(), indent=2) + "\n")
-    if args.peer_only:
-        return [peer]
+        if args.peer_only:
+            return [peer]
     if (out / "medseg").exists():
         shutil.rmtree(out / "medseg")
-    return [peer, *run_medseg(task, args, out, peer.steps, test_cases, preprocessor)]
+    if args.reuse_peer or args.equal_steps:
+        peer = SideResult.from_json(json.loads(peer_file.read_text(encoding="utf-8")))
+        steps = peer.steps if args.equal_steps else None
+        return [peer, *run_medseg(task, args, out, steps, test_cases, preprocessor)]
+    peer_file.unlink(missing_ok=True)
+    with open(out / "peer.log", "w", encoding="utf-8") as log:  # noqa: PTH123 (the child's stdout/stderr)
+        child = subprocess.Popen([sys.executable, args.script, *args.argv, "--peer-only"], stdout=log,
+                                 stderr=subprocess.STDOUT)
+        try:
+            rows = run_medseg(task, args, out, None, test_cases, preprocessor)
+        except BaseException:
+            child.kill()
+            raise
+        if child.wait() != 0 or not peer_file.is_file():
+            raise MedsegError(f"the peer's process failed (exit {child.returncode}); see {out / 'peer.log'}")
+    peer = SideResult.from_json(json.loads(peer_file.read_text(encoding="utf-8")))
+    return [peer, *rows]
 
 
 def format_rows(task: PeerTask, rows: Sequence[SideResult], class_names: dict[int, str]) -> str:
@@ -338,7 +369,11 @@ def build_parser(task: PeerTask, description: str, defaults: dict[str, Any]) -> 
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override of the medseg config (ablations), repeatable")
     parser.add_argument("--reuse-peer", action="store_true", help="take the peer's row from OUT/peer.json")
-    parser.add_argument("--peer-only", action="store_true", help="train and evaluate the peer only")
+    parser.add_argument("--peer-only", action="store_true",
+                        help="train and evaluate the peer only (OUT/peer.json, no report)")
+    parser.add_argument("--equal-steps", action="store_true",
+                        help="the peer first, then medseg for the peer's number of optimiser steps "
+                             "(default: both at once, each as many steps as --minutes allow)")
     parser.add_argument("--data", type=Path, default=task.default_root)
     parser.add_argument("--out", type=Path, default=Path("runs") / f"peer-{task.name}")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
@@ -349,6 +384,7 @@ def main(task: PeerTask, parser: argparse.ArgumentParser, class_names: dict[int,
          argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv, args.script = argv, ROOT / "benchmarks" / f"peer_{task.name}.py"  # the peer's child process
     try:
         import monai  # noqa: F401
     except ImportError:
@@ -363,11 +399,13 @@ def main(task: PeerTask, parser: argparse.ArgumentParser, class_names: dict[int,
     except MedsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.peer_only:
+        return 0
     command = ".venv/bin/python benchmarks/" + " ".join(shlex.quote(a) for a in [f"peer_{task.name}.py",
                                                                                   *argv])
     split = json.loads((args.out / "split.json").read_text(encoding="utf-8"))
     notes = [f"command: `OMP_NUM_THREADS={args.threads} {command}`",
-             f"concurrency: 2 cores shared with other jobs; torch threads {args.threads}; load average "
+             f"concurrency: {_mode(args)}; torch threads {args.threads} per side; load average "
              f"at the start {load} and at the end {_load()}",
              f"split (seed {args.seed}): {len(split['train'])} training, {len(split['val'])} validation "
              f"(medseg's best checkpoint only), {len(split['test'])} held-out test cases",
@@ -380,6 +418,14 @@ def main(task: PeerTask, parser: argparse.ArgumentParser, class_names: dict[int,
     write_benchmark_report(f"peer-{task.name}", task.title, format_rows(task, rows, class_names), notes,
                            results_dir=args.results)
     return 0
+
+
+def _mode(args: argparse.Namespace) -> str:
+    if args.reuse_peer:
+        return "the peer's row from an earlier run (--reuse-peer), medseg alone"
+    if args.equal_steps:
+        return "equal steps (--equal-steps): the peer first, then medseg for its step count"
+    return "equal time: the peer (a child process) and medseg trained at the same time, one core each"
 
 
 def _load() -> str:

@@ -3,6 +3,7 @@ held-out evaluation and a tiny end-to-end run; skipped without MONAI (an optiona
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -86,13 +87,24 @@ def test_heldout_dice_is_computed_at_the_source_resolution(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_polyp_comparison_writes_both_rows(tmp_path):
+@pytest.mark.parametrize("mode", [[], ["--equal-steps", "--set", "train.max_minutes=null"]],
+                         ids=["equal-time", "equal-steps"])
+def test_tiny_polyp_comparison_writes_both_rows(tmp_path, mode):
     root = write_polyp_dataset(tmp_path / "polyps", n_cases=10, size=(40, 40), seed=0)
-    argv = ["--minutes", "0.02", "--size", "32", "--batch-size", "2", "--val-cases", "2", "--test-cases", "2",
-            "--data", str(root), "--out", str(tmp_path / "out"), "--results", str(tmp_path / "results")]
+    argv = ["--minutes", "0.05", "--size", "32", "--batch-size", "2", "--val-cases", "2", "--test-cases", "2",
+            "--data", str(root), "--out", str(tmp_path / "out"), "--results", str(tmp_path / "results"),
+            *mode]
     parser = pc.build_parser(peer_polyp.TASK, "test", {"size": [32], "batch_size": 2, "val_cases": 2,
                                                         "test_cases": 2})
     assert pc.main(peer_polyp.TASK, parser, {1: "polyp"}, argv) == 0
     report = next((tmp_path / "results").glob("peer-polyp-*.md")).read_text(encoding="utf-8")
     assert "peer: MONAI BasicUNet" in report and "medseg unet, best.pt" in report
-    assert (tmp_path / "out" / "peer.json").is_file()
+    assert ("equal steps" if mode else "equal time") in report
+    peer = pc.SideResult.from_json(json.loads((tmp_path / "out" / "peer.json").read_text()))
+    assert peer.steps >= 1 and 0.0 <= peer.dice[1] <= 1.0
+    training = pc.load_checkpoint(tmp_path / "out" / "medseg" / "last.pt")["training"]
+    if mode:  # medseg made exactly the peer's number of steps (its time cap lifted)
+        assert training["global_step"] == peer.steps
+    else:  # the time budget, not the 10,000 planned epochs, ended medseg's run
+        assert 1 <= training["global_step"] < pc.EQUAL_TIME_EPOCHS
+        assert training["extra"]["budget_seconds_used"] >= 0.05 * 60 * 0.5
